@@ -1,0 +1,98 @@
+"""The run store: `<root>/<run_id>/` with the resolved config, one folder per stage and a commit marker.
+
+```
+<root>/<run_id>/config.yaml            the resolved config the run started with
+<root>/<run_id>/<stage>/               e.g. ingest/, r0-train/, r0-infer/
+<root>/<run_id>/<stage>/_COMMITTED.json   written last: fingerprint, outputs, metrics, timings
+```
+A stage folder without its marker is unfinished: its contents are never taken as done.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+
+import yaml
+
+from prvos_core import storage
+from prvos_core.config import PrvosConfig
+from prvos_core.errors import StorageError, UserError
+from prvos_core.ids import id_problem
+
+MARKER = "_COMMITTED.json"
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass(frozen=True)
+class StageMarker:
+    stage: str
+    fingerprint: str
+    outputs: dict[str, str]
+    metrics: dict[str, float]
+    started_at: str
+    finished_at: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class RunStore:
+    root: str
+    run_id: str
+
+    @property
+    def run_dir(self) -> str:
+        return storage.join(self.root, self.run_id)
+
+    def stage_dir(self, stage: str) -> str:
+        return storage.join(self.run_dir, stage)
+
+    def marker_uri(self, stage: str) -> str:
+        return storage.join(self.stage_dir(stage), MARKER)
+
+    def read_marker(self, stage: str) -> StageMarker | None:
+        uri = self.marker_uri(stage)
+        if not storage.exists(uri):
+            return None
+        payload = storage.read_json(uri)
+        try:
+            return StageMarker(**payload)
+        except TypeError:
+            raise StorageError(f"{uri}: not a PRVOS commit marker; delete the stage folder to re-run it") from None
+
+    def write_marker(self, marker: StageMarker) -> None:
+        storage.write_json(self.marker_uri(marker.stage), marker.__dict__)
+
+    def write_config(self, config: PrvosConfig) -> None:
+        text = yaml.safe_dump(config.to_dict(), sort_keys=False)
+        storage.write_bytes(storage.join(self.run_dir, CONFIG_FILE), text.encode("utf-8"))
+
+    def read_config_dict(self) -> dict:
+        uri = storage.join(self.run_dir, CONFIG_FILE)
+        if not storage.exists(uri):
+            raise UserError(f"{self.run_dir} is not a PRVOS run (no {CONFIG_FILE}); give a folder made by `prvos run`")
+        return yaml.safe_load(storage.read_bytes(uri).decode("utf-8"))
+
+    def stages(self) -> list[str]:
+        return [name for name in storage.listdir(self.run_dir) if storage.exists(self.stage_dir(name) + "/")]
+
+
+def new_run_id(config_name: str) -> str:
+    """`<config name>-<UTC time>`: sortable, unique enough for one user, safe as a folder name."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "-", config_name).strip(".-_") or "run"
+    return f"{safe}-{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%d-%H%M%S')}"
+
+
+def open_run(uri: str) -> RunStore:
+    """A run folder given by path/URI -> its RunStore."""
+    uri = str(uri).rstrip("/")
+    run_id = uri.replace("\\", "/").rsplit("/", 1)[-1]
+    root = uri[: -len(run_id)].rstrip("/") or "."
+    if problem := id_problem(run_id):
+        raise UserError(f"{uri}: not a run folder ({problem})")
+    return RunStore(root, run_id)
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

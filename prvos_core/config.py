@@ -1,0 +1,184 @@
+"""Typed, validated configuration: YAML + `key=value` overrides -> one frozen `PrvosConfig`.
+
+Config is data: it is validated once, never mutated (stage fingerprints hash it), and every problem is
+reported in one `ConfigError` line that names the key and the fix. Unknown keys are rejected with a
+suggestion of the closest known key.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from prvos_core.errors import ConfigError
+from prvos_core.ids import id_problem
+
+
+class Section(BaseModel):
+    """Base of every config section: frozen, unknown keys rejected."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RunSection(Section):
+    root: str = "runs"  # run store: a local folder, or a shared-filesystem / object-store URI on a cluster
+    run_id: str | None = None  # None: a new id from the config name and time; set it to resume a known run
+    seed: int = 0  # seeds data sampling, model init and augmentation
+
+    @field_validator("run_id")
+    @classmethod
+    def _safe_run_id(cls, value: str | None) -> str | None:
+        if value is not None and (problem := id_problem(value)):
+            raise ValueError(f"{problem}; use letters, digits, '.', '_' and '-'")
+        return value
+
+
+class SynthSection(Section):
+    """Parameters of `prvos data synth`, used to create the dataset when `data.root` does not exist yet."""
+
+    videos: int = Field(8, gt=0)  # train videos
+    valid_videos: int | None = Field(None, gt=0)  # None: max(1, videos // 4)
+    frames: int = Field(20, ge=2)  # frames per video
+    size: tuple[int, int] = (96, 96)  # frame height, width
+    label_every: int = Field(5, ge=1)  # train masks on every K-th frame, as in Ref-YouTube-VOS
+    seed: int = 0
+
+    @field_validator("size")
+    @classmethod
+    def _positive_size(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if min(value) < 16:
+            raise ValueError("height and width must be at least 16 pixels")
+        return value
+
+
+class DataSection(Section):
+    root: str  # dataset root in the Ref-YouTube-VOS layout, or a merged new_<split>.json file
+    train_split: str = "train"
+    valid_split: str = "valid"
+    synth: SynthSection | None = None  # set: generate a synthetic dataset at `root` if it is absent
+
+    @field_validator("train_split", "valid_split")
+    @classmethod
+    def _safe_split(cls, value: str) -> str:
+        if problem := id_problem(value):
+            raise ValueError(problem)
+        return value
+
+
+class IngestSection(Section):
+    max_text_chars: int = Field(512, gt=0)  # longer expressions are quarantined
+    check_images: bool = True  # decode every JPEG and PNG (catches corrupt and truncated files)
+    chunk_frames: int = Field(256, gt=0)  # files per parallel check task
+    workers: int = Field(0, ge=0)  # parallel check tasks in flight; 0 = one per CPU of the Ray cluster
+
+
+class PrvosConfig(Section):
+    """The whole resolved configuration of a pipeline run."""
+
+    name: str = "prvos"
+    run: RunSection = RunSection()
+    data: DataSection
+    ingest: IngestSection = IngestSection()
+
+    @model_validator(mode="after")
+    def _splits_differ(self) -> PrvosConfig:
+        if self.data.train_split == self.data.valid_split:
+            raise ValueError("data.train_split and data.valid_split must differ")
+        return self
+
+    def section(self, name: str) -> dict[str, Any]:
+        """One section as plain data (what a stage fingerprint hashes)."""
+        return getattr(self, name).model_dump(mode="json")
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def load_config(path: str | Path, overrides: Iterable[str] = ()) -> PrvosConfig:
+    """Read a YAML config, apply `a.b=value` overrides (values parsed as YAML), validate once."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found; pass the path of a YAML file (see configs/)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML{line}; fix its syntax") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(raw).__name__}")
+    return config_from_dict(apply_overrides(raw, overrides), source=str(path))
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Return a copy of `raw` with each `a.b.c=value` set (the value parsed as YAML: 3 -> int, x -> str)."""
+    result = _deep_copy(raw)
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {override!r} must look like section.key=value, e.g. run.seed=3")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text
+        node = result
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {key}: {part} is a value, not a section; drop the extra '.'")
+            node = child
+        node[parts[-1]] = value
+    return result
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "config") -> PrvosConfig:
+    try:
+        return PrvosConfig.model_validate(raw)
+    except ValidationError as error:
+        problems = [_describe(item) for item in error.errors()]
+        raise ConfigError(f"{source}: " + "; ".join(problems)) from None
+
+
+def _describe(item: dict[str, Any]) -> str:
+    location = ".".join(str(part) for part in item["loc"])
+    if item["type"] == "extra_forbidden":
+        return f"unknown key '{location}'{_suggestion(item['loc'])}"
+    if item["type"] == "missing":
+        return f"'{location}' is required"
+    message = item["msg"].removeprefix("Value error, ")
+    given = item.get("input")
+    shown = f" (got {given!r})" if not isinstance(given, dict) and given is not None else ""
+    return f"'{location}': {message}{shown}" if location else f"{message}"
+
+
+def _suggestion(location: tuple) -> str:
+    """' (did you mean ...?)' for a mistyped key, from the fields of the section it was found in."""
+    model: Any = PrvosConfig
+    for part in location[:-1]:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return ""
+        annotation = field.annotation
+        candidates = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)]
+        model = next((c for c in candidates if issubclass(c, BaseModel)), None)
+        if model is None:
+            return ""
+    close = difflib.get_close_matches(str(location[-1]), list(model.model_fields), n=1)
+    prefix = ".".join(str(p) for p in location[:-1])
+    return f" (did you mean '{prefix + '.' if prefix else ''}{close[0]}'?)" if close else " (remove it)"
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _deep_copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(item) for item in value]
+    return value

@@ -1,0 +1,139 @@
+"""The ingest manifest: record types and their Parquet schemas, written once here beside the reader.
+
+Three tables live in the ingest stage's folder:
+- `videos.parquet`: one row per usable video (frames that decoded, their size, frames with usable masks);
+- `expressions.parquet`: one row per usable referring expression, with a stable `expression_id`;
+- `quarantine.parquet`: one row per rejected item (source file, item, reason), so nothing vanishes silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import pyarrow as pa
+
+from prvos_core import storage
+
+VIDEOS_FILE = "videos.parquet"
+EXPRESSIONS_FILE = "expressions.parquet"
+QUARANTINE_FILE = "quarantine.parquet"
+
+
+@dataclass(frozen=True)
+class Video:
+    video_id: str
+    split: str
+    dataset_root: str  # URI of the dataset root; frames are <root>/<split>/JPEGImages/<video>/<frame>.jpg
+    frame_ids: tuple[str, ...]  # every usable frame, sorted
+    annotated_frames: tuple[str, ...]  # frames whose mask PNG is usable
+    height: int
+    width: int
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.frame_ids)
+
+
+@dataclass(frozen=True)
+class Expression:
+    expression_id: str  # stable: ids.expression_id(video, object, text)
+    exp_key: str  # the key in meta_expressions.json (the Ref-YouTube-VOS submission folder name)
+    split: str
+    video_id: str
+    object_id: str  # "" when the split does not say which object (Ref-YouTube-VOS valid)
+    category: str | None
+    text: str
+    gt_frames: tuple[str, ...]  # frames with a usable mask that shows this object
+    all_frames: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class QuarantineRow:
+    source: str  # the file the item came from
+    item: str  # what was rejected: a video, frame, mask or expression, named so a person can find it
+    reason: str
+
+
+_strings = pa.list_(pa.string())
+
+VIDEOS_SCHEMA = pa.schema(
+    [
+        ("video_id", pa.string()),
+        ("split", pa.string()),
+        ("dataset_root", pa.string()),
+        ("frame_ids", _strings),
+        ("annotated_frames", _strings),
+        ("height", pa.int32()),
+        ("width", pa.int32()),
+        ("n_frames", pa.int32()),
+    ]
+)
+
+EXPRESSIONS_SCHEMA = pa.schema(
+    [
+        ("expression_id", pa.string()),
+        ("exp_key", pa.string()),
+        ("split", pa.string()),
+        ("video_id", pa.string()),
+        ("object_id", pa.string()),
+        ("category", pa.string()),
+        ("text", pa.string()),
+        ("gt_frames", _strings),
+        ("all_frames", _strings),
+    ]
+)
+
+QUARANTINE_SCHEMA = pa.schema([("source", pa.string()), ("item", pa.string()), ("reason", pa.string())])
+
+
+@dataclass(frozen=True)
+class Manifest:
+    videos: tuple[Video, ...]
+    expressions: tuple[Expression, ...]
+    quarantine: tuple[QuarantineRow, ...]
+
+    def video(self, video_id: str, split: str) -> Video:
+        for video in self.videos:
+            if video.video_id == video_id and video.split == split:
+                return video
+        raise KeyError(f"video {video_id!r} of split {split!r} is not in the manifest")
+
+    def split_expressions(self, split: str) -> list[Expression]:
+        return [expression for expression in self.expressions if expression.split == split]
+
+
+def _table(records, schema: pa.Schema) -> pa.Table:
+    columns = {field.name: [] for field in schema}
+    for record in records:
+        row = asdict(record)
+        for name in columns:
+            value = row[name] if name != "n_frames" else record.n_frames
+            columns[name].append(list(value) if isinstance(value, tuple) else value)
+    return pa.table(columns, schema=schema)
+
+
+def _records(table: pa.Table, cls) -> tuple:
+    names = [f.name for f in fields(cls)]
+    rows = table.select(names).to_pylist()
+    return tuple(cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in row.items()}) for row in rows)
+
+
+def write_manifest(folder: str, manifest: Manifest) -> dict[str, str]:
+    """Write the three tables into `folder`; returns their URIs by name."""
+    uris = {
+        "videos": storage.join(folder, VIDEOS_FILE),
+        "expressions": storage.join(folder, EXPRESSIONS_FILE),
+        "quarantine": storage.join(folder, QUARANTINE_FILE),
+    }
+    storage.write_parquet(uris["videos"], _table(manifest.videos, VIDEOS_SCHEMA))
+    storage.write_parquet(uris["expressions"], _table(manifest.expressions, EXPRESSIONS_SCHEMA))
+    storage.write_parquet(uris["quarantine"], _table(manifest.quarantine, QUARANTINE_SCHEMA))
+    return uris
+
+
+def read_manifest(folder: str) -> Manifest:
+    return Manifest(
+        videos=_records(storage.read_parquet(storage.join(folder, VIDEOS_FILE)), Video),
+        expressions=_records(storage.read_parquet(storage.join(folder, EXPRESSIONS_FILE)), Expression),
+        quarantine=_records(storage.read_parquet(storage.join(folder, QUARANTINE_FILE)), QuarantineRow),
+    )

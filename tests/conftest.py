@@ -1,0 +1,26 @@
+"""Shared test fixtures: offline mode, thread limits and the real clips in ../shared/data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Nothing may download in tests; keep BLAS/torch from oversubscribing the 2 CI cores.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real clips (Ref-YouTube-VOS layout) kept beside the repository in ../shared/data."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real clips not found at {SHARED_DATA} (the shared/ folder beside the checkout)")
+    return SHARED_DATA
