@@ -51,9 +51,8 @@ def data_synth(
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives byte-identical output.")] = 0,
 ) -> None:
     """Write a deterministic synthetic RVOS dataset in the Ref-YouTube-VOS layout."""
-    from prvos_core.synth import generate_synthetic
-
     from prvos_core.progress import progress_bar
+    from prvos_core.synth import generate_synthetic
 
     total = videos + (valid_videos or max(1, videos // 4))
     with progress_bar("synth", total=total, unit="video") as bar:
@@ -174,7 +173,7 @@ def _run(config, run_id: str | None, stages: tuple[str, ...] | None, address: st
         metrics = ", ".join(f"{k}={v:g}" for k, v in sorted(outcome.result.metrics.items()))
         table.add_row(name, "yes" if outcome.ran else "skipped (committed)", metrics)
     out.print(table)
-    out.print(f"next: prvos status {report.store.run_dir}")
+    out.print(f"next: prvos status {report.store.run_dir}", soft_wrap=True)
 
 
 def main() -> None:

@@ -24,3 +24,23 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real clips not found at {SHARED_DATA} (the shared/ folder beside the checkout)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """An embedded local Ray with 2 CPUs and its own temp dir, shared by the whole test session."""
+    import shutil
+    import tempfile
+
+    import ray
+
+    if ray.is_initialized():
+        yield ray
+        return
+    temp_dir = tempfile.mkdtemp(prefix="prvos-ray-", dir="/tmp")
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, logging_level="ERROR", log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -1,0 +1,69 @@
+"""The `prvos` command line: user errors are one line with a non-zero exit; ingest runs and resumes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PRVOS = [sys.executable, "-m", "pipelines.cli"]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def prvos(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO)}
+    return subprocess.run([*PRVOS, *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+def _config(tmp_path: Path, data_root: Path) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(f"name: t\nrun: {{root: {tmp_path / 'runs'}}}\ndata: {{root: {data_root}}}\n")
+    return path
+
+
+def test_user_errors_are_one_line(tmp_path):
+    config = _config(tmp_path, tmp_path / "nope")
+    assert_one_line_error(prvos("run", str(tmp_path / "missing.yaml"), cwd=tmp_path), "missing.yaml", "not found")
+    assert_one_line_error(prvos("run", str(config), "--set", "ingest.chunkframes=3", cwd=tmp_path), "ingest.chunk_frames")
+    assert_one_line_error(prvos("run", str(config), "--stages", "ingets", cwd=tmp_path), "unknown stage", "ingest")
+    assert_one_line_error(prvos("run", str(config), "--stages", "ingest", cwd=tmp_path), str(tmp_path / "nope"))
+    assert_one_line_error(prvos("data", "synth", "--out", str(tmp_path / "s"), "--frames", "0", cwd=tmp_path), "frames")
+    (tmp_path / "plain").mkdir()
+    assert_one_line_error(prvos("status", str(tmp_path / "plain"), cwd=tmp_path), "not a PRVOS run")
+    bad_json = tmp_path / "bad"
+    (bad_json / "meta_expressions/train").mkdir(parents=True)
+    (bad_json / "meta_expressions/train/meta_expressions.json").write_text('{"videos": [1, 2')
+    result = prvos("run", str(_config(tmp_path, bad_json)), "--stages", "ingest", cwd=tmp_path)
+    assert_one_line_error(result, "meta_expressions.json", "malformed JSON")
+
+
+def test_ingest_from_the_cli_then_rerun_skips(shared_data, tmp_path):
+    config = _config(tmp_path, shared_data / "ref_davis16_mini")
+    first = prvos("run", str(config), "--stages", "ingest", "--run-id", "r1", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "expressions=6" in first.stdout and "yes" in first.stdout
+    marker = tmp_path / "runs/r1/ingest/_COMMITTED.json"
+    before = marker.read_bytes()
+    second = prvos("run", str(config), "--stages", "ingest", "--run-id", "r1", cwd=tmp_path)
+    assert second.returncode == 0 and "skipped" in second.stdout
+    assert marker.read_bytes() == before
+    status = prvos("status", str(tmp_path / "runs/r1"), cwd=tmp_path)
+    assert status.returncode == 0 and "committed" in status.stdout and "ingest" in status.stdout
+
+
+@pytest.mark.parametrize("command", [["--help"], ["data", "--help"], ["run", "--help"]])
+def test_help(command, tmp_path):
+    result = prvos(*command, cwd=tmp_path)
+    assert result.returncode == 0 and "Usage" in result.stdout

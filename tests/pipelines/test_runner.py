@@ -1,0 +1,49 @@
+"""The stage runner: commit markers written last, skip on equal fingerprints, re-run on a change."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipelines.run_store import RunStore, open_run
+from pipelines.runner import run_stage
+from prvos_core import storage
+from prvos_core.errors import UserError
+from stages.result import StageResult
+
+
+def _work(calls: list, fail: bool = False):
+    def work(stage_dir: str) -> StageResult:
+        calls.append(stage_dir)
+        storage.write_json(storage.join(stage_dir, "out.json"), {"n": len(calls)})
+        if fail:
+            raise RuntimeError("boom")
+        return StageResult("s", {"out": storage.join(stage_dir, "out.json")}, {"n": float(len(calls))})
+
+    return work
+
+
+def test_skip_rerun_and_marker_last(tmp_path):
+    store = RunStore(str(tmp_path), "run1")
+    calls: list = []
+    first = run_stage(store, "s", "fp1", _work(calls))
+    assert first.ran and len(calls) == 1 and store.read_marker("s").fingerprint == "fp1"
+    again = run_stage(store, "s", "fp1", _work(calls))
+    assert not again.ran and len(calls) == 1 and again.result.metrics == {"n": 1.0}
+    changed = run_stage(store, "s", "fp2", _work(calls))
+    assert changed.ran and len(calls) == 2 and store.read_marker("s").fingerprint == "fp2"
+
+
+def test_a_failing_stage_leaves_no_marker(tmp_path):
+    store = RunStore(str(tmp_path), "run1")
+    with pytest.raises(RuntimeError):
+        run_stage(store, "s", "fp1", _work([], fail=True))
+    assert store.read_marker("s") is None
+    assert (tmp_path / "run1" / "s" / "out.json").exists()  # partial output stays for a resumable stage
+    calls: list = []
+    assert run_stage(store, "s", "fp1", _work(calls)).ran and len(calls) == 1
+
+
+def test_open_run_refuses_a_folder_that_is_not_a_run(tmp_path):
+    (tmp_path / "notarun").mkdir()
+    with pytest.raises(UserError, match="is not a PRVOS run"):
+        open_run(str(tmp_path / "notarun")).read_config_dict()

@@ -1,0 +1,78 @@
+"""Config: YAML + overrides -> frozen typed config; every problem named in one line."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from prvos_core.config import apply_overrides, config_from_dict, load_config
+from prvos_core.errors import ConfigError
+
+
+def test_defaults_and_types():
+    config = config_from_dict({"data": {"root": "d", "synth": {"videos": 3, "size": [32, 48]}}})
+    assert config.run.root == "runs" and config.ingest.max_text_chars == 512
+    assert config.data.synth.size == (32, 48) and config.data.synth.label_every == 5
+
+
+def test_config_is_frozen():
+    config = config_from_dict({"data": {"root": "d"}})
+    with pytest.raises(ValidationError):
+        config.run.seed = 3
+
+
+def test_unknown_key_names_it_and_suggests_the_closest():
+    with pytest.raises(ConfigError) as error:
+        config_from_dict({"data": {"root": "d"}, "ingest": {"max_text_char": 3}})
+    assert str(error.value) == "config: unknown key 'ingest.max_text_char' (did you mean 'ingest.max_text_chars'?)"
+    assert "\n" not in str(error.value)
+
+
+def test_all_problems_reported_at_once():
+    with pytest.raises(ConfigError) as error:
+        config_from_dict({"data": {}, "ingest": {"chunk_frames": 0}, "rnu": {}})
+    message = str(error.value)
+    assert "'data.root' is required" in message
+    assert "'ingest.chunk_frames'" in message and "greater than 0" in message
+    assert "unknown key 'rnu' (did you mean 'run'?)" in message
+
+
+def test_negative_and_zero_sizes_are_refused():
+    with pytest.raises(ConfigError, match="data.synth.size"):
+        config_from_dict({"data": {"root": "d", "synth": {"size": [0, -4]}}})
+    with pytest.raises(ConfigError, match="data.synth.videos"):
+        config_from_dict({"data": {"root": "d", "synth": {"videos": 0}}})
+
+
+def test_unsafe_run_id_is_refused():
+    with pytest.raises(ConfigError, match="path separator"):
+        config_from_dict({"data": {"root": "d"}, "run": {"run_id": "../../etc"}})
+
+
+def test_overrides_are_typed_by_yaml():
+    raw = apply_overrides({"data": {"root": "d"}}, ["run.seed=7", "data.synth.size=[32, 32]", "data.root=other"])
+    config = config_from_dict(raw)
+    assert config.run.seed == 7 and config.data.synth.size == (32, 32) and config.data.root == "other"
+    with pytest.raises(ConfigError, match="run.seed"):
+        config_from_dict(apply_overrides({"data": {"root": "d"}}, ["run.seed=abc"]))
+    with pytest.raises(ConfigError, match="section.key=value"):
+        apply_overrides({}, ["run.seed"])
+
+
+def test_yaml_errors_are_one_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("data:\n  root: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML at line"):
+        load_config(path)
+    path.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_yaml_is_loaded_safely(tmp_path):
+    path = tmp_path / "evil.yaml"
+    path.write_text("data: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
