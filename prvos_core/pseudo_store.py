@@ -1,0 +1,161 @@
+"""Zarr layouts of the teacher's pseudo-labels (infer output) and of the refined labels (refine output).
+
+```
+<infer stage>/pseudo.zarr/<expression_id>/prob          (T, H, W) uint8 (p * 255, rounded) or float16
+<infer stage>/pseudo.zarr/<expression_id>/uncertainty   (T, H, W) same dtype: normalised binary entropy
+<infer stage>/pseudo.zarr/<expression_id>  attrs: frame_ids, teacher, encoding, committed
+<refine stage>/refined.zarr/<expression_id>/label       (T, H, W) uint8: 0 background, 1 object, 255 ignore
+<refine stage>/refined.zarr/<expression_id>/weight      (T, H, W) uint8 (w * 255, rounded)
+<refine stage>/refined.zarr/<expression_id>  attrs: frame_ids, pseudo_frames, gt_frames, committed
+```
+One chunk per frame, one writer per expression (Zarr loses data when two writers share a chunk). An
+expression counts only once its `committed` attribute is set, after all of its chunks are written, so an
+interrupted writer leaves nothing that a reader takes as done.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import zarr
+from zarr.codecs import ZstdCodec
+
+from prvos_core.errors import StorageError
+from prvos_core.uncertainty import dequantize_unit, quantize_unit
+
+Encoding = Literal["uint8", "float16"]
+PSEUDO_STORE = "pseudo.zarr"
+REFINED_STORE = "refined.zarr"
+_COMPRESSORS = ZstdCodec(level=3)
+
+
+def open_store(uri: str, mode: Literal["r", "a"] = "a", storage_options: dict | None = None) -> zarr.Group:
+    """Open (or create, mode 'a') a Zarr v3 group at a local path or fsspec URL."""
+    try:
+        return zarr.open_group(uri, mode=mode, zarr_format=3, storage_options=storage_options)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        raise StorageError(f"{uri}: no Zarr store here; run the stage that writes it first") from None
+
+
+def _encode(values: np.ndarray, encoding: Encoding) -> np.ndarray:
+    return quantize_unit(values) if encoding == "uint8" else values.astype(np.float16)
+
+
+def _decode(values: np.ndarray) -> np.ndarray:
+    return dequantize_unit(values) if values.dtype == np.uint8 else values.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class PseudoLabel:
+    """One expression's teacher output, decoded to float32 in [0, 1]."""
+
+    expression_id: str
+    frame_ids: tuple[str, ...]
+    prob: np.ndarray  # (T, H, W) foreground probability
+    uncertainty: np.ndarray  # (T, H, W) normalised binary entropy
+    teacher: str
+
+
+class PseudoLabelWriter:
+    """Writes one expression's frames as they are predicted, then commits it."""
+
+    def __init__(self, store: zarr.Group, expression_id: str, frame_ids: Iterable[str], size: tuple[int, int],
+                 teacher: str, encoding: Encoding = "uint8") -> None:  # fmt: skip
+        self.frame_ids = tuple(frame_ids)
+        self.group = store.require_group(expression_id)
+        self.group.attrs.update({"committed": False})
+        dtype = "uint8" if encoding == "uint8" else "float16"
+        shape, chunks = (len(self.frame_ids), *size), (1, *size)
+        self.arrays = {
+            name: self.group.create_array(
+                name, shape=shape, chunks=chunks, dtype=dtype, compressors=_COMPRESSORS, overwrite=True
+            )
+            for name in ("prob", "uncertainty")
+        }
+        self.encoding, self.teacher = encoding, teacher
+
+    def write(self, index: int, prob: np.ndarray, uncertainty: np.ndarray) -> None:
+        self.arrays["prob"][index] = _encode(prob, self.encoding)
+        self.arrays["uncertainty"][index] = _encode(uncertainty, self.encoding)
+
+    def commit(self) -> None:
+        self.group.attrs.update(
+            {"frame_ids": list(self.frame_ids), "teacher": self.teacher, "encoding": self.encoding, "committed": True}
+        )
+
+
+def committed_expressions(store: zarr.Group) -> set[str]:
+    return {name for name, group in store.groups() if group.attrs.get("committed") is True}
+
+
+def read_pseudo_label(store: zarr.Group, expression_id: str) -> PseudoLabel:
+    group = _committed_group(store, expression_id)
+    return PseudoLabel(
+        expression_id,
+        tuple(group.attrs["frame_ids"]),
+        _decode(group["prob"][:]),
+        _decode(group["uncertainty"][:]),
+        str(group.attrs["teacher"]),
+    )
+
+
+@dataclass(frozen=True)
+class RefinedLabel:
+    expression_id: str
+    frame_ids: tuple[str, ...]
+    label: np.ndarray  # (T, H, W) uint8: 0, 1, 255 = ignore
+    weight: np.ndarray  # (T, H, W) float32 in [0, 1]
+    pseudo_frames: tuple[str, ...]  # frames chosen for training from the pseudo-labels
+    gt_frames: tuple[str, ...]
+
+
+def write_refined(store: zarr.Group, refined: RefinedLabel) -> None:
+    group = store.require_group(refined.expression_id)
+    group.attrs.update({"committed": False})
+    chunks = (1, *refined.label.shape[1:])
+    group.create_array("label", data=refined.label, chunks=chunks, compressors=_COMPRESSORS, overwrite=True)
+    group.create_array(
+        "weight", data=quantize_unit(refined.weight), chunks=chunks, compressors=_COMPRESSORS, overwrite=True
+    )
+    group.attrs.update(
+        {
+            "frame_ids": list(refined.frame_ids),
+            "pseudo_frames": list(refined.pseudo_frames),
+            "gt_frames": list(refined.gt_frames),
+            "committed": True,
+        }
+    )
+
+
+def read_refined(store: zarr.Group, expression_id: str, frames: Iterable[str] | None = None) -> RefinedLabel:
+    """One expression's refined labels; `frames` restricts the read to those frames' chunks."""
+    group = _committed_group(store, expression_id)
+    frame_ids = tuple(group.attrs["frame_ids"])
+    if frames is None:
+        rows, selected = slice(None), frame_ids
+    else:
+        selected = tuple(frames)
+        position = {frame: index for index, frame in enumerate(frame_ids)}
+        rows = [position[frame] for frame in selected]
+    label, weight = group["label"], group["weight"]
+    return RefinedLabel(
+        expression_id,
+        selected,
+        label.get_orthogonal_selection((rows,)) if isinstance(rows, list) else label[rows],
+        dequantize_unit(weight.get_orthogonal_selection((rows,)) if isinstance(rows, list) else weight[rows]),
+        tuple(group.attrs["pseudo_frames"]),
+        tuple(group.attrs["gt_frames"]),
+    )
+
+
+def _committed_group(store: zarr.Group, expression_id: str) -> zarr.Group:
+    try:
+        group = store[expression_id]
+    except KeyError:
+        raise StorageError(f"expression {expression_id} is not in the store {store.store}") from None
+    if group.attrs.get("committed") is not True:
+        raise StorageError(f"expression {expression_id} in {store.store} is not committed (its writer stopped early)")
+    return group

@@ -1,0 +1,274 @@
+"""Tests of prvos_core.refine on hand-made probability maps: ignored pixels, weights, frame choice, thresholds."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from prvos_core.errors import ConfigError
+from prvos_core.refine import (
+    IGNORE_LABEL,
+    ConfidenceHistogram,
+    RefineConfig,
+    Thresholds,
+    choose_thresholds,
+    refine_expression,
+)
+
+X = IGNORE_LABEL
+
+# One frame, 2 x 4: confidences in the predicted class are 0.95 0.80 0.60 0.50 / 0.60 0.75 0.90 1.00.
+PROB = np.array([[[0.95, 0.8, 0.6, 0.5], [0.4, 0.25, 0.1, 0.0]]], dtype=np.float32)
+THRESHOLDS = Thresholds(fg=0.85, bg=0.7)
+
+
+def _refine(prob, cfg, uncertainty=None, gt=None, thresholds=THRESHOLDS):
+    uncertainty = np.zeros_like(prob) if uncertainty is None else uncertainty
+    return refine_expression(prob, uncertainty, thresholds, cfg, gt=gt)
+
+
+def _entropy_video(frame_entropy, shape=(2, 2)):
+    """Confident foreground-everywhere frames (p = 0.99) whose uncertainty map is a given constant per frame."""
+    frame_entropy = np.asarray(frame_entropy, dtype=np.float32)
+    prob = np.full((len(frame_entropy), *shape), 0.99, dtype=np.float32)
+    return prob, np.broadcast_to(frame_entropy[:, None, None], prob.shape).copy()
+
+
+def test_pixels_below_their_class_threshold_are_ignored():
+    refined = _refine(PROB, RefineConfig(frames_per_expression=None))
+    # fg (p > 0.5) kept when p >= 0.85; bg kept when 1 - p >= 0.7; p = 0.5 is background with confidence 0.5.
+    np.testing.assert_array_equal(refined.label, [[[1, X, X, X], [X, 0, 0, 0]]])
+    assert refined.label.dtype == np.uint8
+
+
+def test_confidence_weights_rise_from_min_weight_at_the_threshold_to_one():
+    refined = _refine(PROB, RefineConfig(frames_per_expression=None, min_weight=0.25))
+    # 0.25 + 0.75 * (conf - thr) / (1 - thr): 0.95 vs 0.85 -> 0.75; 0.75 vs 0.7 -> 0.375; 0.9 -> 0.75; 1.0 -> 1.
+    expected = [[[0.75, 0, 0, 0], [0, 0.375, 0.75, 1.0]]]
+    np.testing.assert_allclose(refined.weight, expected, atol=1e-5)
+    assert refined.weight.dtype == np.float32
+
+
+def test_a_pixel_exactly_at_its_threshold_is_kept_with_min_weight():
+    prob = np.array([[[0.75, 0.25]]], dtype=np.float32)
+    refined = _refine(prob, RefineConfig(frames_per_expression=None, min_weight=0.4), thresholds=Thresholds(0.75, 0.75))
+    np.testing.assert_array_equal(refined.label, [[[1, 0]]])
+    np.testing.assert_allclose(refined.weight, [[[0.4, 0.4]]], atol=1e-6)
+
+
+def test_uniform_weighting_gives_kept_pixels_weight_one():
+    refined = _refine(PROB, RefineConfig(frames_per_expression=None, weighting="uniform"))
+    np.testing.assert_array_equal(refined.weight, [[[1, 0, 0, 0], [0, 1, 1, 1]]])
+    np.testing.assert_array_equal(refined.label, [[[1, X, X, X], [X, 0, 0, 0]]])
+
+
+def test_disabled_refinement_keeps_every_pixel_and_frame_with_weight_one():
+    prob, uncertainty = _entropy_video([0.4, 0.1, 0.3, 0.2, 0.5])
+    prob[0] = 0.45
+    cfg = RefineConfig(enabled=False)
+    assert choose_thresholds(ConfidenceHistogram(), cfg) == Thresholds(0.5, 0.5)
+    refined = refine_expression(prob, uncertainty, Thresholds(0.5, 0.5), cfg)
+    np.testing.assert_array_equal(refined.label, (prob > 0.5).astype(np.uint8))
+    np.testing.assert_array_equal(refined.weight, np.ones_like(prob))
+    assert refined.pseudo_frames == (0, 1, 2, 3, 4)  # frames_per_expression=3 does not apply
+    assert refined.frames[1].reason == "rank 1 of 5 by mean entropy 0.100; refinement disabled, every frame kept"
+
+
+def test_frames_ranked_by_mean_entropy_ties_by_index_and_top_k_kept():
+    prob, uncertainty = _entropy_video([0.3, 0.1, 0.7, 0.1, 0.5, 0.05])
+    refined = _refine(prob, RefineConfig(frames_per_expression=3), uncertainty)
+    assert refined.pseudo_frames == (1, 3, 5)
+    reasons = {d.frame_index: (d.kept, d.reason) for d in refined.frames}
+    assert reasons == {
+        5: (True, "rank 1 of 6 by mean entropy 0.050"),
+        1: (True, "rank 2 of 6 by mean entropy 0.100"),
+        3: (True, "rank 3 of 6 by mean entropy 0.100"),
+        0: (False, "rank 4 of 6 by mean entropy 0.300; top 3 already kept"),
+        4: (False, "rank 5 of 6 by mean entropy 0.500; top 3 already kept"),
+        2: (False, "rank 6 of 6 by mean entropy 0.700; top 3 already kept"),
+    }
+    assert [d.frame_index for d in refined.frames] == [0, 1, 2, 3, 4, 5]
+    # Rejected frames are all-ignore with weight 0; kept ones keep their labels.
+    np.testing.assert_array_equal(refined.label[[0, 2, 4]], np.full((3, 2, 2), X))
+    np.testing.assert_array_equal(refined.weight[[0, 2, 4]], np.zeros((3, 2, 2)))
+    np.testing.assert_array_equal(refined.label[[1, 3, 5]], np.ones((3, 2, 2)))
+
+
+def test_equal_entropies_keep_the_lowest_frame_indices():
+    prob, uncertainty = _entropy_video([0.2] * 7)
+    assert _refine(prob, RefineConfig(frames_per_expression=3), uncertainty).pseudo_frames == (0, 1, 2)
+
+
+@pytest.mark.parametrize("k", [None, 0, -1])
+def test_no_frame_limit_keeps_all_frames(k):
+    prob, uncertainty = _entropy_video([0.3, 0.1, 0.2, 0.4])
+    assert _refine(prob, RefineConfig(frames_per_expression=k), uncertainty).pseudo_frames == (0, 1, 2, 3)
+
+
+def test_frames_with_too_few_kept_pixels_are_rejected_and_the_next_frame_takes_their_place():
+    prob, uncertainty = _entropy_video([0.1, 0.2, 0.3, 0.4])
+    prob[0, 0] = 0.6  # 2 of frame 0's 4 pixels fall below the 0.85 foreground threshold
+    refined = _refine(prob, RefineConfig(frames_per_expression=2, min_kept_ratio=0.75), uncertainty)
+    assert refined.pseudo_frames == (1, 2)
+    frame0 = refined.frames[0]
+    assert not frame0.kept and frame0.kept_ratio == 0.5
+    assert frame0.reason == "rank 1 of 4 by mean entropy 0.100; kept-pixel ratio 0.50 below min 0.75"
+    assert refined.frames[3].reason == "rank 4 of 4 by mean entropy 0.400; top 2 already kept"
+
+
+def test_ground_truth_frames_keep_their_annotation_and_are_not_ranked():
+    prob, uncertainty = _entropy_video([0.9, 0.3, 0.2, 0.1], shape=(2, 3))
+    gt_mask = np.array([[0, 1, 1], [0, 0, 1]], dtype=np.uint8)
+    refined = _refine(prob, RefineConfig(frames_per_expression=1), uncertainty, gt={0: gt_mask, 3: gt_mask})
+    for t in (0, 3):
+        np.testing.assert_array_equal(refined.label[t], gt_mask)
+        np.testing.assert_array_equal(refined.weight[t], np.ones((2, 3)))
+        decision = refined.frames[t]
+        assert (decision.source, decision.kept, decision.reason, decision.kept_ratio) == (
+            "ground_truth",
+            True,
+            "ground_truth",
+            1.0,
+        )
+    # Frame 3 is the least uncertain, but it has GT: the pseudo-label choice ranks frames 1 and 2 only.
+    assert refined.pseudo_frames == (2,)
+    assert refined.frames[2].reason == "rank 1 of 2 by mean entropy 0.200"
+    # The teacher said foreground everywhere (p = 0.99, all kept): on 2 GT frames, 3 tp and 3 fp each.
+    assert (refined.pseudo_quality.tp, refined.pseudo_quality.fp, refined.pseudo_quality.ignored) == (6, 6, 0)
+    assert refined.teacher_quality == refined.pseudo_quality
+
+
+def test_ground_truth_frame_quality_counts_only_kept_pixels():
+    prob = np.array([[[0.95, 0.6], [0.05, 0.45]]], dtype=np.float32)  # kept: 0.95 (fg) and 0.05 (bg)
+    gt_mask = np.array([[1, 0], [1, 0]], dtype=np.uint8)
+    refined = _refine(prob, RefineConfig(), gt={0: gt_mask})
+    q = refined.pseudo_quality
+    assert (q.tp, q.fp, q.fn, q.tn, q.ignored) == (1, 0, 1, 0, 2)
+    t = refined.teacher_quality  # p > 0.5 on every pixel: fg at 0.95, 0.6
+    assert (t.tp, t.fp, t.fn, t.tn, t.ignored) == (1, 1, 1, 1, 0)
+
+
+def test_bad_ground_truth_is_rejected():
+    prob, uncertainty = _entropy_video([0.1, 0.2])
+    with pytest.raises(ValueError, match="frame 5"):
+        _refine(prob, RefineConfig(), uncertainty, gt={5: np.zeros((2, 2), np.uint8)})
+    with pytest.raises(ValueError, match=r"\(3, 3\)"):
+        _refine(prob, RefineConfig(), uncertainty, gt={0: np.zeros((3, 3), np.uint8)})
+    with pytest.raises(ValueError, match="binary"):
+        _refine(prob, RefineConfig(), uncertainty, gt={0: np.full((2, 2), 2, np.uint8)})
+
+
+def test_non_finite_uncertainty_is_an_error_not_a_silent_ranking():
+    prob, uncertainty = _entropy_video([0.1, 0.2, 0.3])
+    uncertainty[1, 0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"frames \[1\]"):
+        _refine(prob, RefineConfig(), uncertainty)
+
+
+def test_histogram_percentile_matches_numpy_on_uniform_confidences():
+    rng = np.random.default_rng(0)
+    prob = rng.uniform(0.0, 1.0, size=(50, 40, 50)).astype(np.float32)
+    histogram = ConfidenceHistogram(bins=200)
+    histogram.add(prob)
+    conf = np.maximum(prob, 1 - prob)
+    fg = prob > 0.5
+    for q in (0, 5, 20, 50, 80, 99):
+        assert abs(histogram.percentile(True, q) - np.percentile(conf[fg], q)) <= histogram.bin_width
+        assert abs(histogram.percentile(False, q) - np.percentile(conf[~fg], q)) <= histogram.bin_width
+    assert histogram.foreground.sum() == fg.sum() and histogram.background.sum() == (~fg).sum()
+
+
+def test_histogram_merge_equals_histogram_of_concatenation():
+    rng = np.random.default_rng(1)
+    first = rng.beta(0.5, 0.5, size=(3, 16, 16)).astype(np.float32)
+    second = rng.beta(2.0, 5.0, size=(5, 16, 16)).astype(np.float32)
+    second[0, 0, :3] = [0.0, 1.0, 0.5]  # the edges land in the first and last bins
+    merged = ConfidenceHistogram(bins=100)
+    merged.add(first)
+    part = ConfidenceHistogram(bins=100)
+    part.add(second)
+    merged.merge(part)
+    whole = ConfidenceHistogram(bins=100)
+    whole.add(np.concatenate([first, second]))
+    np.testing.assert_array_equal(merged.foreground, whole.foreground)
+    np.testing.assert_array_equal(merged.background, whole.background)
+    assert merged.foreground.sum() + merged.background.sum() == first.size + second.size
+    with pytest.raises(ValueError, match="bins"):
+        merged.merge(ConfidenceHistogram(bins=10))
+
+
+def test_thresholds_are_per_class_percentiles_clamped_to_the_configured_range():
+    histogram = ConfidenceHistogram(bins=1000)
+    histogram.add(np.linspace(0.8, 1.0, 10_001)[1:])  # fg confidence uniform on (0.8, 1]: 20th pct = 0.84
+    histogram.add(1 - np.linspace(0.6, 1.0, 10_001)[1:])  # bg confidence uniform on (0.6, 1]: 20th pct = 0.68
+    width = histogram.bin_width
+    free = choose_thresholds(histogram, RefineConfig(percentile=20, min_confidence=0.5, max_confidence=0.99))
+    assert free.fg == pytest.approx(0.84, abs=width) and free.bg == pytest.approx(0.68, abs=width)
+    clamped = choose_thresholds(histogram, RefineConfig(percentile=20, min_confidence=0.7, max_confidence=0.82))
+    assert clamped == Thresholds(fg=0.82, bg=0.7)
+
+
+def test_a_class_absent_from_the_round_gets_min_confidence():
+    histogram = ConfidenceHistogram()
+    histogram.add(np.full((4, 4), 0.1))
+    assert histogram.percentile(True, 20) is None
+    thresholds = choose_thresholds(histogram, RefineConfig(min_confidence=0.75, max_confidence=0.95))
+    assert thresholds.fg == 0.75
+    assert thresholds.bg == pytest.approx(0.9, abs=histogram.bin_width)
+
+
+def test_class_balanced_thresholds_keep_the_same_share_of_a_rare_uncertain_foreground():
+    # 10% foreground with confidence uniform on [0.6, 0.9], 90% background uniform on [0.9, 1.0]: one shared cut
+    # at the 20th percentile of all pixels would drop all foreground; per-class cuts keep 80% of each.
+    rng = np.random.default_rng(2)
+    fg_prob = rng.uniform(0.6, 0.9, size=2_000)
+    bg_prob = 1 - rng.uniform(0.9, 1.0, size=18_000)
+    prob = np.concatenate([fg_prob, bg_prob]).astype(np.float32).reshape(1, 100, 200)
+    histogram = ConfidenceHistogram()
+    histogram.add(prob)
+    cfg = RefineConfig(percentile=20, min_confidence=0.5, max_confidence=0.99, frames_per_expression=None)
+    refined = _refine(prob, cfg, thresholds=choose_thresholds(histogram, cfg))
+    label = refined.label.reshape(-1)
+    assert (label[:2_000] == 1).mean() == pytest.approx(0.8, abs=0.01)
+    assert (label[2_000:] == 0).mean() == pytest.approx(0.8, abs=0.01)
+    shared_cut = np.percentile(np.maximum(prob, 1 - prob), 20)
+    assert (np.maximum(fg_prob, 1 - fg_prob) >= shared_cut).mean() == 0.0
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("percentile", 100.0),
+        ("percentile", -1.0),
+        ("min_confidence", 0.4),
+        ("max_confidence", 1.0),
+        ("weighting", "entropy"),
+        ("min_weight", 1.5),
+        ("frames_per_expression", 2.5),
+        ("min_kept_ratio", 1.2),
+    ],
+)
+def test_config_validation_names_the_field(field, value):
+    with pytest.raises(ConfigError, match=f"refine.{field}"):
+        RefineConfig(**{field: value})
+
+
+def test_config_reports_every_problem_at_once_and_is_frozen():
+    with pytest.raises(ConfigError) as error:
+        RefineConfig(percentile=150, weighting="x", min_weight=-1)
+    message = str(error.value)
+    assert "refine.percentile" in message and "refine.weighting" in message and "refine.min_weight" in message
+    with pytest.raises(ConfigError, match="min <= max"):
+        RefineConfig(min_confidence=0.9, max_confidence=0.8)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        RefineConfig().percentile = 10.0  # type: ignore[misc]
+    assert RefineConfig().frames_per_expression == 3
+
+
+def test_thresholds_must_lie_in_the_confidence_range():
+    with pytest.raises(ValueError, match="thresholds"):
+        Thresholds(fg=1.0, bg=0.7)
+    with pytest.raises(ValueError, match="thresholds"):
+        Thresholds(fg=0.8, bg=0.4)
