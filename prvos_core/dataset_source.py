@@ -29,6 +29,8 @@ class RawExpression:
     key: str
     object_id: str  # "" when the source does not name the object
     text: Any  # as found in the JSON: validated later (type, emptiness, length, encoding)
+    annotator: int | None = None  # Ref-DAVIS17 (see prvos_core.davis)
+    kind: str | None = None
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,16 @@ def _from_layout(paths: SplitPaths) -> SplitSource:
             if not isinstance(item, dict) or "exp" not in item:
                 quarantine.append(QuarantineRow(source, f"{video_id}/expression {key}", "expression has no 'exp' text"))
                 continue
-            raw_expressions.append(RawExpression(str(key), str(item.get("obj_id", "")), item["exp"]))
+            annotator = item.get("annotator")
+            raw_expressions.append(
+                RawExpression(
+                    str(key),
+                    str(item.get("obj_id", "")),
+                    item["exp"],
+                    annotator if isinstance(annotator, int) else None,
+                    item.get("kind") if isinstance(item.get("kind"), str) else None,
+                )
+            )
         objects = None if objects_by_video is None else objects_by_video.get(video_id, {})
         videos.append(_video(video_id, entry.get("frames"), objects, raw_expressions, source, quarantine))
     return _split_source(paths, source, videos, quarantine)

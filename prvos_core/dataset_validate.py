@@ -159,7 +159,8 @@ def _usable_expressions(files, video: Video, mask_ids: dict, max_chars: int, qua
             quarantine.append(QuarantineRow(source, item, problem))
             continue
         text = raw.text.strip()
-        duplicate_key = (raw.object_id, " ".join(text.lower().split()))
+        variant = f"{raw.annotator or ''}{raw.kind or ''}"
+        duplicate_key = (raw.object_id, variant, " ".join(text.lower().split()))
         if duplicate_key in seen:
             quarantine.append(QuarantineRow(source, item, f"duplicate of expression {seen[duplicate_key]}"))
             continue
@@ -168,7 +169,7 @@ def _usable_expressions(files, video: Video, mask_ids: dict, max_chars: int, qua
         gt_frames = _gt_frames(raw.object_id, known, mask_ids)
         result.append(
             Expression(
-                expression_id(vid, raw.object_id, text),
+                expression_id(vid, raw.object_id, text, variant),
                 raw.key,
                 video.split,
                 vid,
@@ -177,6 +178,8 @@ def _usable_expressions(files, video: Video, mask_ids: dict, max_chars: int, qua
                 text,
                 gt_frames,
                 video.frame_ids,
+                raw.annotator,
+                raw.kind,
             )
         )
     return result

@@ -45,6 +45,13 @@ class Expression:
     text: str
     gt_frames: tuple[str, ...]  # frames with a usable mask that shows this object
     all_frames: tuple[str, ...]
+    annotator: int | None = None  # Ref-DAVIS17: which annotator wrote it (1 or 2)
+    kind: str | None = None  # Ref-DAVIS17: "first_frame" or "full_video"
+
+    @property
+    def variant(self) -> str:
+        """What keeps equal texts of one object apart (annotator and kind), '' when the dataset has none."""
+        return f"{self.annotator or ''}{self.kind or ''}"
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,8 @@ EXPRESSIONS_SCHEMA = pa.schema(
         ("text", pa.string()),
         ("gt_frames", _strings),
         ("all_frames", _strings),
+        ("annotator", pa.int8()),
+        ("kind", pa.string()),
     ]
 )
 

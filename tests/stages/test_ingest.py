@@ -200,3 +200,29 @@ def test_missing_dataset_is_one_clear_error(tmp_path, ray_local):
     (tmp_path / "meta_expressions/train/meta_expressions.json").write_text('{"videos": {"a": ')
     with pytest.raises(DataError, match="malformed JSON at line 1"):
         ingest.run(ingest.IngestInputs(str(tmp_path), ("train",), str(tmp_path)), IngestSection())
+
+
+def test_converted_ref_davis_keeps_annotator_and_kind(shared_data, tmp_path, ray_local):
+    """convert-davis -> ingest: the same sentence from two annotators or kinds stays two expressions."""
+    from tests.prvos_core.test_davis import _make_davis, _make_text
+
+    from prvos_core.davis import convert_davis
+
+    davis_root, text_dir = tmp_path / "DAVIS", tmp_path / "text"
+    _make_davis(shared_data, davis_root)
+    _make_text(text_dir)
+    with (text_dir / "Davis17_annot2.txt").open("a", encoding="latin-1") as handle:
+        handle.write('blackswan 1 "a black swan on a café pond"\n')  # annotator 1's first-frame sentence again
+    convert_davis(davis_root, text_dir, tmp_path / "converted")
+    out = tmp_path / "stage"
+    out.mkdir()
+    ingest.run(ingest.IngestInputs(str(tmp_path / "converted"), ("train", "valid"), str(out)), IngestSection())
+    manifest = read_manifest(str(out))
+    swan = [e for e in manifest.expressions if e.text == "a black swan on a café pond"]
+    assert sorted((e.annotator, e.kind) for e in swan) == [(1, "first_frame"), (2, "first_frame")]
+    assert len({e.expression_id for e in swan}) == 2
+    assert {e.annotator for e in manifest.expressions} == {1, 2}
+    assert {e.kind for e in manifest.expressions} == {"first_frame", "full_video"}
+    rows = {row.item: row.reason for row in manifest.quarantine}
+    calf = [reason for item, reason in rows.items() if item.startswith("cows/expression")]
+    assert calf == ["object 3 is not in meta.json for this video"], rows  # the calf that no mask shows
