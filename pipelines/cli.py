@@ -88,11 +88,22 @@ def data_convert_davis(
     ],
     text_dir: Annotated[Path, typer.Option(help="Folder with the Ref-DAVIS17 Davis17_annot*.txt files.")],
     out: Annotated[Path, typer.Option(help="Output dataset root (Ref-YouTube-VOS layout).")],
+    annotations: Annotated[
+        str, typer.Option(help="Mask folder under the DAVIS root: Annotations or Annotations_unsupervised.")
+    ] = "Annotations",
 ) -> None:
     """Ref-DAVIS17 (DAVIS-2017 + text files) -> the Ref-YouTube-VOS layout, expressions tagged by annotator."""
     from prvos_core.davis import convert_davis
+    from prvos_core.progress import progress_bar
 
-    typer.echo(f"wrote {out}: {convert_davis(davis_root, text_dir, out)}")
+    with progress_bar("convert-davis", total=0, unit="video") as bar:
+
+        def advance(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        summary = convert_davis(davis_root, text_dir, out, annotations=annotations, progress=advance)
+    typer.echo(f"wrote {out}: {summary}")
 
 
 @app.command("run")

@@ -99,9 +99,13 @@ def convert_davis(
     out: str | Path,
     *,
     resolution: str = "480p",
+    annotations: str = "Annotations",
     progress: Callable[[int, int], None] | None = None,
 ) -> DavisSummary:
     """Convert DAVIS-2017 + Ref-DAVIS17 text into a Ref-YouTube-VOS-layout dataset at `out`.
+
+    `annotations` names the mask folder: "Annotations" (semi-supervised ids) or "Annotations_unsupervised",
+    whichever numbering the text files' object ids follow in your copy of Ref-DAVIS17.
 
     Everything is written into a hidden sibling folder first and renamed to `out` at the end, so `out` is
     either complete or absent. `progress(done, total)` is called after each video.
@@ -110,7 +114,9 @@ def convert_davis(
     expressions = read_text_annotations(text_dir)
     split_videos = {split: _image_set(davis_root, listing) for split, listing in SPLITS}
     sources = {
-        video: _video_sources(davis_root, resolution, video) for videos in split_videos.values() for video in videos
+        video: _video_sources(davis_root, resolution, annotations, video)
+        for videos in split_videos.values()
+        for video in videos
     }
     categories = _categories(davis_root)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -208,17 +214,17 @@ def _image_set(davis_root: Path, listing: str) -> list[str]:
     return videos
 
 
-def _video_sources(davis_root: Path, resolution: str, video: str) -> tuple[Path, Path]:
+def _video_sources(davis_root: Path, resolution: str, annotations: str, video: str) -> tuple[Path, Path]:
     """The frame and mask folders of one listed video; DataError when either is missing."""
     images = davis_root / "JPEGImages" / resolution / video
-    annotations = davis_root / "Annotations" / resolution / video
-    for folder in (images, annotations):
+    masks = davis_root / annotations / resolution / video
+    for folder in (images, masks):
         if not folder.is_dir():
             raise DataError(
                 f"video {video!r} is listed in ImageSets/2017 but {folder} is missing; "
                 f"re-extract DAVIS-2017 ({resolution}) or remove the video from the list"
             )
-    return images, annotations
+    return images, masks
 
 
 def _categories(davis_root: Path) -> dict[str, dict[str, str]]:
