@@ -49,7 +49,9 @@ def run(inputs: IngestInputs, cfg: IngestSection) -> StageResult:
             jpegs, pngs = files_on_disk(source.dataset_root, split, raw.video_id)
             videos.append(VideoFiles(source, raw, tuple(sorted(jpegs)), tuple(sorted(pngs))))
     checks = plan_checks(videos)
+    checks_started = time.perf_counter()
     reports = _check_in_parallel(checks, cfg)
+    check_seconds = time.perf_counter() - checks_started
     result = assemble(videos, reports, cfg.max_text_chars)
     outputs = manifest_io.write_manifest(inputs.out_dir, result)
     seconds = time.perf_counter() - started
@@ -62,6 +64,7 @@ def run(inputs: IngestInputs, cfg: IngestSection) -> StageResult:
         "files_checked": float(len(checks)),
         "frames_per_second": frames / seconds if seconds > 0 else 0.0,
         "seconds": seconds,
+        "check_seconds": check_seconds,
         "splits": float(len(present)),
     }
     return StageResult("ingest", outputs, metrics, inputs.fingerprint)

@@ -1,0 +1,167 @@
+"""Training clips: per expression, T frames mixing ground-truth frames and refined pseudo-labelled frames.
+
+Each sample is one clip of one expression: frames in temporal order, a label map per frame (0 background,
+1 object, 255 ignore) with per-pixel weights (ground truth 1; pseudo-labels their refined weight; a frame
+without any label is all-ignore and only carries memory), and the expression's cached token features.
+
+Augmentation is one random crop box and one brightness factor per clip, applied to every frame and label
+alike. There is no horizontal flip: expressions say "left" and "right". Everything random comes from a
+generator seeded by (seed, epoch, index), so a clip is the same on any worker and after a restart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from prvos_core.frames import Box, decode_frame, read_object_mask, resize_frame, resize_map
+from prvos_core.layout import SplitPaths
+from prvos_core.manifest import Expression, Video
+from prvos_core.pseudo_quality import IGNORE_LABEL
+from prvos_core.pseudo_store import open_store, read_refined
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    frames: int = 5  # T frames per clip (the seed: 5)
+    size: tuple[int, int] = (96, 96)  # model input height, width
+    min_crop: float = 0.8  # crop box side as a share of the frame, drawn from [min_crop, 1]; 1 = no crop
+    brightness: float = 0.1  # brightness factor drawn from [1 - b, 1 + b]; colour stays (expressions name colours)
+
+
+@dataclass(frozen=True)
+class ClipSource:
+    """What one expression can be trained on."""
+
+    expression: Expression
+    video: Video
+    gt_frames: tuple[str, ...]  # frames with a ground-truth mask
+    pseudo_frames: tuple[str, ...] = ()  # frames with refined pseudo-labels chosen by the refinement
+    gt_folder: str = "Annotations"  # "full_annotations": the full-supervision upper bound of the synthetic set
+
+    @property
+    def labelled(self) -> tuple[str, ...]:
+        return tuple(sorted(set(self.gt_frames) | set(self.pseudo_frames)))
+
+
+@dataclass(frozen=True)
+class Clip:
+    frames: torch.Tensor  # (T, 3, H, W) uint8 RGB
+    labels: torch.Tensor  # (T, H, W) uint8: 0, 1, 255 = ignore
+    weights: torch.Tensor  # (T, H, W) float32
+    words: torch.Tensor  # (L, D) float32 token features
+    word_mask: torch.Tensor  # (L,) bool, True = real token
+    frame_ids: tuple[str, ...]
+    expression_id: str
+
+
+class ClipDataset(Dataset):
+    """Map-style dataset: index i -> a clip of source `i % len(sources)`; `samples_per_source` clips each."""
+
+    def __init__(
+        self,
+        sources: list[ClipSource],
+        text_lookup,
+        spec: ClipSpec,
+        *,
+        refined_store: str | None = None,
+        seed: int = 0,
+        samples_per_source: int = 1,
+    ) -> None:
+        """`text_lookup(texts) -> (tokens (N, L, D), mask (N, L))`, e.g. a loaded TextCache's `lookup`."""
+        self.sources = [s for s in sources if s.labelled]
+        self.text_lookup, self.spec, self.seed = text_lookup, spec, seed
+        self.refined_store_uri, self.samples_per_source = refined_store, samples_per_source
+        self.epoch = 0
+        self._refined = None  # opened lazily, once per worker process
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.sources) * self.samples_per_source
+
+    def __getitem__(self, index: int) -> Clip:
+        source = self.sources[index % len(self.sources)]
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        frame_ids = choose_clip_frames(source, self.spec.frames, rng)
+        box, brightness = self._augmentation(rng)
+        frames, labels, weights = self._load(source, frame_ids, box)
+        frames = np.clip(frames.astype(np.float32) * brightness, 0, 255).astype(np.uint8)
+        words, word_mask = self.text_lookup([source.expression.text])
+        return Clip(
+            torch.from_numpy(frames),
+            torch.from_numpy(labels),
+            torch.from_numpy(weights),
+            words[0],
+            word_mask[0],
+            frame_ids,
+            source.expression.expression_id,
+        )
+
+    def _augmentation(self, rng: np.random.Generator) -> tuple[Box, float]:
+        side = rng.uniform(self.spec.min_crop, 1.0)
+        y0, x0 = rng.uniform(0, 1 - side), rng.uniform(0, 1 - side)
+        brightness = rng.uniform(1 - self.spec.brightness, 1 + self.spec.brightness)
+        return Box(y0, x0, y0 + side, x0 + side), float(brightness)
+
+    def _load(self, source: ClipSource, frame_ids: tuple[str, ...], box: Box):
+        video, size = source.video, self.spec.size
+        paths = SplitPaths(Path(video.dataset_root), video.split)
+        gt, pseudo = set(source.gt_frames), set(source.pseudo_frames) - set(source.gt_frames)
+        refined = self._refined_labels(source, [f for f in frame_ids if f in pseudo])
+        frames = np.empty((len(frame_ids), 3, *size), np.uint8)
+        labels = np.full((len(frame_ids), *size), IGNORE_LABEL, np.uint8)
+        weights = np.zeros((len(frame_ids), *size), np.float32)
+        for t, frame_id in enumerate(frame_ids):
+            frames[t] = resize_frame(decode_frame(str(paths.frame_path(video.video_id, frame_id))), size, box)
+            if frame_id in gt:
+                mask_uri = str(paths.split_dir / source.gt_folder / video.video_id / f"{frame_id}.png")
+                labels[t] = resize_map(read_object_mask(mask_uri, source.expression.object_id), size, box)
+                weights[t] = 1.0
+            elif frame_id in refined:
+                label, weight = refined[frame_id]
+                labels[t] = resize_map(label, size, box)
+                weights[t] = resize_map(weight, size, box)
+        return frames, labels, weights
+
+    def _refined_labels(self, source: ClipSource, frame_ids: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        if not frame_ids:
+            return {}
+        if self._refined is None:
+            self._refined = open_store(self.refined_store_uri, mode="r")
+        refined = read_refined(self._refined, source.expression.expression_id, frame_ids)
+        return {f: (refined.label[i], refined.weight[i]) for i, f in enumerate(refined.frame_ids)}
+
+
+def choose_clip_frames(source: ClipSource, length: int, rng: np.random.Generator) -> tuple[str, ...]:
+    """T frames in temporal order: as many labelled frames as there are (up to T), drawn at random, the rest
+    filled with unlabelled frames next to a labelled one so the memory sees the motion in between."""
+    all_frames = source.video.frame_ids
+    labelled = list(source.labelled)
+    chosen = set(rng.choice(labelled, size=min(length, len(labelled)), replace=False).tolist())
+    position = {frame: index for index, frame in enumerate(all_frames)}
+    anchor = position[min(chosen, key=position.__getitem__)]
+    offset = 1
+    while len(chosen) < min(length, len(all_frames)):
+        for index in (anchor + offset, anchor - offset):
+            if 0 <= index < len(all_frames) and len(chosen) < length:
+                chosen.add(all_frames[index])
+        offset += 1
+    return tuple(sorted(chosen, key=position.__getitem__))
+
+
+def collate_clips(clips: list[Clip]) -> dict[str, torch.Tensor | list]:
+    """Stack clips into a batch: frames (B, T, 3, H, W) uint8, labels (B, T, H, W), weights, words, word_mask."""
+    return {
+        "frames": torch.stack([c.frames for c in clips]),
+        "labels": torch.stack([c.labels for c in clips]),
+        "weights": torch.stack([c.weights for c in clips]),
+        "words": torch.stack([c.words for c in clips]),
+        "word_mask": torch.stack([c.word_mask for c in clips]),
+        "expression_ids": [c.expression_id for c in clips],
+    }
