@@ -1,0 +1,44 @@
+"""Text: encode each distinct expression once into the Zarr text cache, keyed by the encoder's identity.
+
+Training and inference of every round read token features from this cache; the text encoder never runs
+inside a training step (the PRVOS seed re-ran DistilBERT for every sample of every epoch).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from prvos_core import storage
+from prvos_core.config import TextSection
+from prvos_core.manifest import read_manifest
+from prvos_core.progress import progress_bar
+from prvos_core.text import TextEncoder
+from prvos_core.text_cache import TextCache
+from stages.result import StageResult
+
+CACHE_FOLDER = "cache.zarr"
+
+
+@dataclass(frozen=True)
+class TextInputs:
+    manifest_dir: str
+    out_dir: str
+    fingerprint: str = ""
+
+
+def run(inputs: TextInputs, cfg: TextSection) -> StageResult:
+    started = time.perf_counter()
+    texts = sorted({expression.text for expression in read_manifest(inputs.manifest_dir).expressions})
+    encoder = TextEncoder.from_path(None if cfg.encoder == "minilm" else cfg.encoder, max_tokens=cfg.max_tokens)
+    root = storage.join(inputs.out_dir, CACHE_FOLDER)
+    cache = TextCache.for_encoder(root, encoder)
+    with progress_bar("text", total=len(texts), unit="text") as bar:
+        encoded = cache.build(texts, encoder, progress=lambda done, _total: bar.update(done - bar.n))
+    seconds = time.perf_counter() - started
+    return StageResult(
+        "text",
+        {"cache": root, "identity": encoder.identity, "dim": str(encoder.dim)},
+        {"texts": float(len(texts)), "encoded": float(encoded), "seconds": seconds},
+        inputs.fingerprint,
+    )

@@ -1,0 +1,228 @@
+"""Train: one round's student on ground truth plus the previous round's refined pseudo-labels, on Ray Train.
+
+`ray.train.torch.TorchTrainer` runs `train_loop` on `workers` processes (DDP through Ray Train's helpers,
+gloo on CPU, NCCL on GPU). Every epoch each worker reports its metrics and rank 0 a checkpoint (model,
+optimizer, EMA teacher as safetensors + epoch/step) into `<out_dir>/ray/`. After a worker failure Ray Train
+restarts the workers from the latest checkpoint (`train.max_failures`); after a driver crash, running the
+stage again with the same folder resumes from it too. The final checkpoint is copied to `<out_dir>/checkpoint`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+import ray.train
+import torch
+from ray.train.torch import TorchTrainer
+
+from prvos_core import faults, storage
+from prvos_core.clips import ClipDataset, ClipSource, ClipSpec, collate_clips
+from prvos_core.config import ModelSection, TrainSection
+from prvos_core.manifest import read_manifest
+from prvos_core.model import EmaTeacher, build_model, clip_loss, load_checkpoint, save_checkpoint
+from prvos_core.model.builders import SIZES
+from prvos_core.pseudo_store import open_store
+from prvos_core.text_cache import TextCache
+from stages.result import StageResult
+
+CHECKPOINT = "checkpoint"
+
+
+@dataclass(frozen=True)
+class TrainInputs:
+    manifest_dir: str
+    text_cache: str
+    text_identity: str
+    text_dim: int
+    split: str  # the split to train on
+    out_dir: str
+    model: ModelSection
+    refined_store: str | None = None  # the previous round's refined labels (None: ground truth only)
+    init_checkpoint: str | None = None  # start from these student weights (the previous round's)
+    seed: int = 0
+    round_index: int = 0
+    fingerprint: str = ""
+
+
+def input_size(model: ModelSection) -> tuple[int, int]:
+    return tuple(model.input_size) if model.input_size else tuple(SIZES[model.size]["input_size"])
+
+
+def run(inputs: TrainInputs, cfg: TrainSection) -> StageResult:
+    started = time.perf_counter()
+    use_gpu = cfg.use_gpu == "true" or (cfg.use_gpu == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
+    storage_path = storage.join(inputs.out_dir, "ray")
+    if storage.is_local(storage_path):
+        storage_path = os.path.abspath(storage_path)
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"inputs": inputs, "cfg": cfg, "use_gpu": use_gpu, "faults": faults.environment()},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker={"CPU": 1, **({"GPU": 1} if use_gpu else {})}
+        ),
+        run_config=ray.train.RunConfig(
+            name="student",
+            storage_path=storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training of round {inputs.round_index} ended without a checkpoint")
+    final = storage.join(inputs.out_dir, CHECKPOINT)
+    with tempfile.TemporaryDirectory() as local:
+        result.checkpoint.to_directory(local)
+        fs, path = storage.filesystem(final)
+        fs.put(os.path.join(local, CHECKPOINT), path, recursive=True)
+    history = storage.read_json(storage.join(final, "checkpoint.json"))["history"]
+    history_uri = storage.join(inputs.out_dir, "history.json")
+    storage.write_json(history_uri, history)
+    metrics = {key: float(value) for key, value in result.metrics.items() if isinstance(value, (int, float))}
+    if history:
+        metrics["loss_first_epoch"] = float(history[0]["loss"])
+    metrics["seconds"] = time.perf_counter() - started
+    return StageResult("train", {"checkpoint": final, "history": history_uri}, metrics, inputs.fingerprint)
+
+
+def build_sources(inputs: TrainInputs, cfg: TrainSection) -> list[ClipSource]:
+    """Every expression of the split that has something to learn from: ground truth or chosen pseudo-labels."""
+    manifest = read_manifest(inputs.manifest_dir)
+    videos = {(v.split, v.video_id): v for v in manifest.videos}
+    refined = open_store(inputs.refined_store, mode="r") if inputs.refined_store else None
+    chosen = {}
+    if refined is not None:
+        chosen = {name: tuple(group.attrs.get("pseudo_frames", ())) for name, group in refined.groups()}
+    full = cfg.gt_source == "full_annotations"
+    sources = []
+    for expression in manifest.split_expressions(inputs.split):
+        video = videos[(expression.split, expression.video_id)]
+        gt_frames = video.frame_ids if full and expression.object_id else expression.gt_frames
+        sources.append(
+            ClipSource(
+                expression,
+                video,
+                gt_frames,
+                chosen.get(expression.expression_id, ()),
+                "full_annotations" if full else "Annotations",
+            )
+        )
+    return [source for source in sources if source.labelled]
+
+
+def train_loop(config: dict) -> None:
+    """The per-worker training function (runs inside Ray Train workers)."""
+    inputs: TrainInputs = config["inputs"]
+    cfg: TrainSection = config["cfg"]
+    os.environ.update(config["faults"])
+    torch.set_num_threads(cfg.threads_per_worker)
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(inputs.seed + inputs.round_index)
+
+    spec = ClipSpec(cfg.clip_frames, input_size(inputs.model), cfg.min_crop, cfg.brightness)
+    text = TextCache(inputs.text_cache, inputs.text_identity).load_all()
+    dataset = ClipDataset(
+        build_sources(inputs, cfg),
+        text.lookup,
+        spec,
+        refined_store=inputs.refined_store,
+        seed=inputs.seed + 1000 * inputs.round_index,
+        samples_per_source=cfg.samples_per_expression,
+    )
+    sampler = torch.utils.data.DistributedSampler(
+        dataset, num_replicas=world, rank=rank, shuffle=True, seed=inputs.seed, drop_last=False
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate_clips, num_workers=0
+    )
+
+    student = build_model(
+        inputs.model.size,
+        text_dim=inputs.text_dim,
+        backbone_weights=inputs.model.backbone_weights,
+        pretrained=inputs.model.pretrained,
+        trainable=inputs.model.trainable,
+    )
+    if inputs.init_checkpoint:
+        load_checkpoint(inputs.init_checkpoint, model=student)
+    student.to(device)
+    parameters = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.lr_milestones), gamma=cfg.lr_gamma)
+    teacher = EmaTeacher(student, decay=cfg.ema_decay)
+    start_epoch, step, history = 0, 0, []
+    resume = ray.train.get_checkpoint()
+    if resume is not None:
+        with resume.as_directory() as folder:
+            saved = load_checkpoint(
+                Path(folder) / CHECKPOINT, model=student, optimizer=optimizer, ema=teacher, device=device
+            )
+        start_epoch, step, history = saved.meta["epoch"] + 1, saved.meta["step"], saved.meta["history"]
+        for _ in range(start_epoch):
+            schedule.step()
+    # Clip length 1 leaves the memory path unused, which DDP must be told about.
+    model = ray.train.torch.prepare_model(
+        student, parallel_strategy_kwargs={"find_unused_parameters": cfg.clip_frames == 1}
+    )
+    amp = cfg.amp and device.type == "cuda"
+
+    for epoch in range(start_epoch, cfg.epochs):
+        sampler.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        model.train()
+        started, loss_sum, clips = time.perf_counter(), torch.zeros((), device=device), 0
+        for batch in loader:
+            faults.maybe_fail("train.step", step)
+            frames = batch["frames"].to(device, non_blocking=True).float().div_(255)
+            labels = batch["labels"].to(device, non_blocking=True).long()
+            weights = batch["weights"].to(device, non_blocking=True)
+            words, word_mask = batch["words"].to(device), batch["word_mask"].to(device)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = model(frames, words, word_mask)
+            loss = clip_loss(logits.float(), labels, weights, rest_weight=cfg.rest_weight).total
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            teacher.update(student)
+            loss_sum += loss.detach() * frames.shape[0]
+            clips += frames.shape[0]
+            step += 1
+        schedule.step()
+        totals = torch.tensor([loss_sum.item(), float(clips)], device=device)
+        if world > 1:
+            torch.distributed.all_reduce(totals)
+        seconds = time.perf_counter() - started
+        metrics = {
+            "epoch": epoch,
+            "step": step,
+            "loss": totals[0].item() / max(totals[1].item(), 1.0),
+            "clips_per_second": totals[1].item() / seconds,
+            "epoch_seconds": seconds,
+            "start_epoch": start_epoch,
+        }
+        history.append(metrics)
+        _report(metrics, history, rank, student, optimizer, teacher, inputs, cfg)
+
+
+def _report(metrics, history, rank, student, optimizer, teacher, inputs: TrainInputs, cfg: TrainSection) -> None:
+    """Every worker reports (it is a barrier); rank 0 attaches the checkpoint of this epoch."""
+    if rank != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        meta = {
+            "epoch": metrics["epoch"],
+            "step": metrics["step"],
+            "round": inputs.round_index,
+            "history": history,
+            "config": {"train": cfg.model_dump(mode="json"), "model": inputs.model.model_dump(mode="json")},
+        }
+        save_checkpoint(Path(folder) / CHECKPOINT, student, optimizer, teacher, meta=meta)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
