@@ -115,17 +115,34 @@ def run(
     run_id: Annotated[
         str | None, typer.Option(help="Run id (default: a new one; an existing id continues that run).")
     ] = None,
-    stages: Annotated[str | None, typer.Option(help="Comma-separated stages to run, e.g. ingest.")] = None,
-    address: Annotated[
-        str | None, typer.Option(help="Ray cluster address to join (default: embedded local Ray).")
+    stages: Annotated[str | None, typer.Option(help="Comma-separated stage kinds to run, e.g. ingest,text.")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster to join, e.g. auto or 10.0.0.5:6379.")] = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking server (default: SQLite under run.root).")
     ] = None,
 ) -> None:
     """Run the pipeline: stages committed with the same fingerprint are skipped."""
     from prvos_core.config import load_config
 
-    resolved = load_config(config, set_ or [])
+    resolved = load_config(config, [*_absolute_paths(config, set_ or []), *(set_ or [])])
     selected = tuple(s.strip() for s in stages.split(",") if s.strip()) if stages else None
-    _run(resolved, run_id, selected, address)
+    _run(resolved, run_id, selected, address, tracking_uri)
+
+
+@app.command("resume")
+def resume(
+    run: Annotated[Path, typer.Argument(help="Run folder (<run.root>/<run_id>).")],
+    address: Annotated[str | None, typer.Option(help="Ray cluster to join.")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking server.")] = None,
+) -> None:
+    """Continue a stopped or failed run from its first uncommitted stage, with the config it started with."""
+    from pipelines.run_store import open_run
+    from prvos_core.config import config_from_dict
+
+    store = open_run(str(run.resolve()))
+    raw = store.read_config_dict()
+    raw.setdefault("run", {})["root"] = store.root
+    _run(config_from_dict(raw, source=f"{store.run_dir}/config.yaml"), store.run_id, None, address, tracking_uri)
 
 
 @app.command("demo")
@@ -134,17 +151,26 @@ def demo(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key of configs/demo.yaml.")] = None,
 ) -> None:
     """Synthetic data, configs/demo.yaml, embedded Ray, local MLflow: the whole method on a laptop."""
+    from pipelines.report import round_curve
     from prvos_core.config import load_config
 
-    _run(load_config(CONFIGS / "demo.yaml", set_ or []), run_id, None, None)
+    store = _run(load_config(CONFIGS / "demo.yaml", set_ or []), run_id, None, None, None)
+    out = Console()
+    out.print(round_curve(store))
+    out.print(
+        "next: "
+        f"prvos status {store.run_dir}  |  prvos inspect {store.run_dir} --round 0  |  prvos ui --root {store.root}",
+        soft_wrap=True,
+    )
 
 
 @app.command("status")
 def status(
-    run: Annotated[Path | None, typer.Argument(help="Run folder; default: list the runs under ./runs.")] = None,
+    run: Annotated[Path | None, typer.Argument(help="Run folder; default: list the runs under --root.")] = None,
     root: Annotated[Path, typer.Option(help="Run store root to list.")] = Path("runs"),
 ) -> None:
-    """Show runs, or the stages of one run with state, duration and key metrics."""
+    """Show runs, or one run's rounds and stages with state, duration and key metrics."""
+    from pipelines.report import status_table
     from pipelines.run_store import open_run
 
     out = Console()
@@ -155,36 +181,64 @@ def status(
         for name in runs:
             out.print(str(root / name))
         return
-    store = open_run(str(run))
-    store.read_config_dict()
-    table = Table(title=f"run {store.run_id}")
-    for column in ("stage", "state", "seconds", "metrics"):
-        table.add_column(column)
-    for stage in store.stages():
-        marker = store.read_marker(stage)
-        if marker is None:
-            table.add_row(stage, "unfinished", "", "")
-        else:
-            metrics = ", ".join(f"{k}={v:g}" for k, v in sorted(marker.metrics.items()))
-            table.add_row(stage, "committed", f"{marker.seconds:.1f}", metrics)
-    out.print(table)
+    out.print(status_table(open_run(str(run.resolve()))))
 
 
-def _run(config, run_id: str | None, stages: tuple[str, ...] | None, address: str | None) -> None:
+@app.command("ui")
+def ui(
+    root: Annotated[Path, typer.Option(help="Run store root whose mlflow.db to show.")] = Path("runs"),
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+) -> None:
+    """Start the MLflow UI on 127.0.0.1 over the run store's tracking database."""
+    import subprocess
+
+    database = root.resolve() / "mlflow.db"
+    if not database.is_file():
+        raise UserError(f"{database} not found; run a pipeline first or pass --root")
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{database}",
+               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    typer.echo(f"MLflow UI on http://127.0.0.1:{port} (Ctrl-C stops it)")
+    raise typer.Exit(subprocess.call(command))
+
+
+def _absolute_paths(config: Path, overrides: list[str]) -> list[str]:
+    """Relative local run.root / data.root become absolute, so a run can be resumed from any folder."""
+    import yaml
+
+    raw = yaml.safe_load(config.read_text(encoding="utf-8")) if config.is_file() else None
+    if not isinstance(raw, dict):
+        return []
+    given = {item.split("=", 1)[0].strip() for item in overrides}
+    result = []
+    for section, key in (("run", "root"), ("data", "root")):
+        value = (raw.get(section) or {}).get(key) if isinstance(raw.get(section), dict) else None
+        if f"{section}.{key}" in given or not isinstance(value, str) or "://" in value or os.path.isabs(value):
+            continue
+        result.append(f"{section}.{key}={os.path.abspath(value)}")
+    return result
+
+
+def _run(config, run_id: str | None, stages, address: str | None, tracking_uri: str | None):
+    from pipelines.lock import RunLock
     from pipelines.pipeline import run_pipeline
     from pipelines.ray_session import ray_session
+    from pipelines.run_store import RunStore, new_run_id
 
-    with ray_session(address):
-        report = run_pipeline(config, run_id=run_id, stages=stages)
+    store = RunStore(config.run.root, run_id or config.run.run_id or new_run_id(config.name))
+    with RunLock(store.run_dir), ray_session(address):
+        report = run_pipeline(config, run_id=store.run_id, stages=stages, tracking_uri=tracking_uri)
     out = Console()
     table = Table(title=f"run {report.store.run_id}  ({report.store.run_dir})")
-    for column in ("stage", "ran", "metrics"):
+    for column in ("stage", "ran", "seconds"):
         table.add_column(column)
     for name, outcome in report.outcomes.items():
-        metrics = ", ".join(f"{k}={v:g}" for k, v in sorted(outcome.result.metrics.items()))
-        table.add_row(name, "yes" if outcome.ran else "skipped (committed)", metrics)
+        seconds = outcome.result.metrics.get("seconds")
+        table.add_row(
+            name, "yes" if outcome.ran else "skipped (committed)", "" if seconds is None else f"{seconds:.1f}"
+        )
     out.print(table)
     out.print(f"next: prvos status {report.store.run_dir}", soft_wrap=True)
+    return report.store
 
 
 def main() -> None:

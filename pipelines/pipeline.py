@@ -1,27 +1,61 @@
-"""The pipeline: which stages run in which order, with which inputs, under which fingerprints."""
+"""The round loop: which stages run in which order, on which inputs, under which fingerprints.
+
+    ingest -> text -> [r-train -> r-infer -> r-refine] for r < rounds -> final train -> evaluate every student
+
+Round r's student trains on ground truth plus round r-1's refined pseudo-labels; its EMA teacher labels the
+train split; refinement keeps, weights or ignores each pixel and picks frames. A stage's fingerprint hashes its
+config section, its inputs' fingerprints and the code version, so a changed setting re-runs that stage and
+everything downstream of it, nothing upstream.
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines.fingerprint import dataset_fingerprint, fingerprint
+from pipelines.lineage import Lineage
 from pipelines.run_store import RunStore, new_run_id
 from pipelines.runner import StageOutcome, run_stage
 from prvos_core.config import PrvosConfig
 from prvos_core.errors import ConfigError
-from stages import ingest
+from stages import evaluate, infer, ingest, refine, text, train
+from stages.result import StageResult
 
 log = logging.getLogger("prvos")
 
-STAGES = ("ingest",)
+STAGE_KINDS = ("ingest", "text", "train", "infer", "refine", "evaluate")
 
 
-@dataclass(frozen=True)
+def stage_plan(config: PrvosConfig) -> list[str]:
+    """Stage folder names in execution order."""
+    names = ["ingest", "text"]
+    for round_index in range(config.rounds):
+        names.append(f"r{round_index}-train")
+        if config.pseudo_labels:
+            names += [f"r{round_index}-infer", f"r{round_index}-refine"]
+    names.append(f"r{config.rounds}-train")
+    names += [f"r{round_index}-evaluate" for round_index in range(config.rounds + 1)]
+    return names
+
+
+def split_stage(name: str) -> tuple[int | None, str]:
+    """'r1-train' -> (1, 'train'); 'ingest' -> (None, 'ingest')."""
+    if name.startswith("r") and "-" in name:
+        head, kind = name.split("-", 1)
+        return int(head[1:]), kind
+    return None, name
+
+
+@dataclass
 class PipelineReport:
     store: RunStore
-    outcomes: dict[str, StageOutcome]
+    outcomes: dict[str, StageOutcome] = field(default_factory=dict)
+
+    def ran(self) -> list[str]:
+        return [name for name, outcome in self.outcomes.items() if outcome.ran]
 
 
 def ensure_dataset(config: PrvosConfig) -> None:
@@ -44,29 +78,180 @@ def ensure_dataset(config: PrvosConfig) -> None:
 
 
 def run_pipeline(
-    config: PrvosConfig, run_id: str | None = None, stages: tuple[str, ...] | None = None
+    config: PrvosConfig,
+    run_id: str | None = None,
+    stages: tuple[str, ...] | None = None,
+    tracking_uri: str | None = None,
 ) -> PipelineReport:
-    """Run (or continue) the pipeline in `<run.root>/<run_id>/`; Ray must be initialised by the caller."""
-    unknown = sorted(set(stages or ()) - set(STAGES))
+    """Run (or continue) the pipeline in `<run.root>/<run_id>/`; Ray must be initialised by the caller.
+
+    `stages` restricts the run to stage kinds (e.g. ("ingest",)); the stages they need must be committed.
+    """
+    unknown = sorted(set(stages or ()) - set(STAGE_KINDS))
     if unknown:
-        raise ConfigError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
-    selected = stages or STAGES
+        raise ConfigError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGE_KINDS)}")
     store = RunStore(config.run.root, run_id or config.run.run_id or new_run_id(config.name))
     store.write_config(config)
     ensure_dataset(config)
-    outcomes: dict[str, StageOutcome] = {}
-    if "ingest" in selected:
-        outcomes["ingest"] = _ingest(store, config)
-    return PipelineReport(store, outcomes)
+    report = PipelineReport(store)
+    with Lineage(store, config, tracking_uri) as lineage:
+        context = _Context(config, store, report, lineage, set(stages or STAGE_KINDS))
+        for name in stage_plan(config):
+            round_index, kind = split_stage(name)
+            if kind not in context.selected:
+                continue
+            getattr(context, f"_{kind}")(name, round_index)
+    return report
 
 
-def _ingest(store: RunStore, config: PrvosConfig) -> StageOutcome:
-    splits = (config.data.train_split, config.data.valid_split)
-    section = {"ingest": config.section("ingest"), "data_root": config.data.root, "splits": list(splits)}
-    stage_fingerprint = fingerprint("ingest", section, {"dataset": dataset_fingerprint(config.data.root)})
+@dataclass
+class _Context:
+    config: PrvosConfig
+    store: RunStore
+    report: PipelineReport
+    lineage: Lineage
+    selected: set[str]
 
-    def work(stage_dir: str):
-        inputs = ingest.IngestInputs(config.data.root, splits, stage_dir, stage_fingerprint)
-        return ingest.run(inputs, config.ingest)
+    def result(self, name: str) -> StageResult:
+        """The result of a stage this one depends on: run now, or committed before."""
+        if name in self.report.outcomes:
+            return self.report.outcomes[name].result
+        marker = self.store.read_marker(name)
+        if marker is None:
+            raise ConfigError(f"stage {name} has not run in {self.store.run_dir}; run the pipeline without --stages")
+        return StageResult(name, marker.outputs, marker.metrics, marker.fingerprint)
 
-    return run_stage(store, "ingest", stage_fingerprint, work)
+    def stage(self, name: str, round_index: int | None, section: dict, inputs: dict[str, str],
+              work: Callable[[str, str], StageResult]) -> None:  # fmt: skip
+        stage_fingerprint = fingerprint(name, section, inputs)
+        outcome = run_stage(self.store, name, stage_fingerprint, lambda folder: work(folder, stage_fingerprint))
+        self.report.outcomes[name] = outcome
+        if outcome.ran:
+            self.lineage.stage_finished(name, round_index, section, outcome.result)
+
+    def _ingest(self, name: str, round_index: None) -> None:
+        config = self.config
+        splits = (config.data.train_split, config.data.valid_split)
+        section = {"ingest": config.section("ingest"), "data_root": config.data.root, "splits": list(splits)}
+
+        def work(folder: str, stage_fingerprint: str) -> StageResult:
+            return ingest.run(ingest.IngestInputs(config.data.root, splits, folder, stage_fingerprint), config.ingest)
+
+        self.stage(name, None, section, {"dataset": dataset_fingerprint(config.data.root)}, work)
+        self.lineage.log_manifest(self.result(name).outputs)
+
+    def _text(self, name: str, round_index: None) -> None:
+        manifest = self.result("ingest")
+
+        def work(folder: str, stage_fingerprint: str) -> StageResult:
+            inputs = text.TextInputs(_folder(manifest), folder, stage_fingerprint)
+            return text.run(inputs, self.config.text)
+
+        self.stage(name, None, {"text": self.config.section("text")}, {"ingest": manifest.fingerprint}, work)
+
+    def _train(self, name: str, round_index: int) -> None:
+        config = self.config
+        manifest, text_cache = self.result("ingest"), self.result("text")
+        inputs = {"ingest": manifest.fingerprint, "text": text_cache.fingerprint}
+        refined_store = init_checkpoint = None
+        if round_index > 0 and config.pseudo_labels:
+            refined = self.result(f"r{round_index - 1}-refine")
+            inputs["refine"], refined_store = refined.fingerprint, refined.outputs["refined"]
+        if round_index > 0 and config.train.init == "previous":
+            previous = self.result(f"r{round_index - 1}-train")
+            inputs["previous"], init_checkpoint = previous.fingerprint, previous.outputs["checkpoint"]
+        section = {
+            "train": config.section("train"),
+            "model": config.section("model"),
+            "seed": config.run.seed,
+            "split": config.data.train_split,
+        }
+
+        def work(folder: str, stage_fingerprint: str) -> StageResult:
+            train_inputs = train.TrainInputs(
+                manifest_dir=_folder(manifest),
+                text_cache=text_cache.outputs["cache"],
+                text_identity=text_cache.outputs["identity"],
+                text_dim=int(text_cache.outputs["dim"]),
+                split=config.data.train_split,
+                out_dir=folder,
+                model=config.model,
+                refined_store=refined_store,
+                init_checkpoint=init_checkpoint,
+                seed=config.run.seed,
+                round_index=round_index,
+                fingerprint=stage_fingerprint,
+            )
+            return train.run(train_inputs, config.train)
+
+        self.stage(name, round_index, section, inputs, work)
+
+    def _infer(self, name: str, round_index: int) -> None:
+        config = self.config
+        manifest, text_cache = self.result("ingest"), self.result("text")
+        student = self.result(f"r{round_index}-train")
+        section = {"infer": config.section("infer"), "split": config.data.train_split}
+        inputs = {"ingest": manifest.fingerprint, "text": text_cache.fingerprint, "train": student.fingerprint}
+
+        def work(folder: str, stage_fingerprint: str) -> StageResult:
+            infer_inputs = infer.InferInputs(
+                manifest_dir=_folder(manifest),
+                text_cache=text_cache.outputs["cache"],
+                text_identity=text_cache.outputs["identity"],
+                checkpoint=student.outputs["checkpoint"],
+                split=config.data.train_split,
+                out_dir=folder,
+                input_size=train.input_size(config.model),
+                fingerprint=stage_fingerprint,
+                round_index=round_index,
+            )
+            return infer.run(infer_inputs, config.infer)
+
+        self.stage(name, round_index, section, inputs, work)
+
+    def _refine(self, name: str, round_index: int) -> None:
+        config = self.config
+        manifest, pseudo = self.result("ingest"), self.result(f"r{round_index}-infer")
+        section = {"refine": config.section("refine"), "split": config.data.train_split}
+
+        def work(folder: str, stage_fingerprint: str) -> StageResult:
+            refine_inputs = refine.RefineInputs(
+                manifest_dir=_folder(manifest),
+                pseudo_store=pseudo.outputs["pseudo"],
+                out_dir=folder,
+                split=config.data.train_split,
+                fingerprint=stage_fingerprint,
+                round_index=round_index,
+            )
+            return refine.run(refine_inputs, config.refine)
+
+        self.stage(name, round_index, section, {"ingest": manifest.fingerprint, "infer": pseudo.fingerprint}, work)
+
+    def _evaluate(self, name: str, round_index: int) -> None:
+        config = self.config
+        manifest, text_cache = self.result("ingest"), self.result("text")
+        student = self.result(f"r{round_index}-train")
+        section = {"evaluate": config.section("evaluate"), "split": config.data.valid_split}
+        inputs = {"ingest": manifest.fingerprint, "text": text_cache.fingerprint, "train": student.fingerprint}
+
+        def work(folder: str, stage_fingerprint: str) -> StageResult:
+            evaluate_inputs = evaluate.EvaluateInputs(
+                manifest_dir=_folder(manifest),
+                text_cache=text_cache.outputs["cache"],
+                text_identity=text_cache.outputs["identity"],
+                checkpoint=student.outputs["checkpoint"],
+                split=config.data.valid_split,
+                out_dir=folder,
+                input_size=train.input_size(config.model),
+                fingerprint=stage_fingerprint,
+                round_index=round_index,
+            )
+            return evaluate.run(evaluate_inputs, config.evaluate)
+
+        self.stage(name, round_index, section, inputs, work)
+
+
+def _folder(manifest: StageResult) -> str:
+    """The ingest stage's folder, from the URI of one of its tables."""
+    uri = manifest.outputs["videos"]
+    return uri[: uri.replace("\\", "/").rfind("/")]
