@@ -1,0 +1,241 @@
+"""Checkpoints: model, optimizer and EMA teacher as safetensors, plus a small `checkpoint.json`.
+
+A checkpoint folder holds
+    model.safetensors      the student's state dict
+    optimizer.safetensors  the optimizer's tensors, flattened as "state.<param index>.<name>" (optional)
+    ema.safetensors        the EMA teacher's state dict, same keys as the student's (optional)
+    checkpoint.json        size, text_dim, trainable, epoch, step, round, the resolved run config, the
+                           optimizer's param groups and non-tensor state, the EMA decay
+It is written into a staging folder beside the target and renamed into place, so a reader never sees half
+a checkpoint. Loading is strict (every key, every shape) and, as in nanoGPT, the architecture comes from
+`checkpoint.json`. Problems a user can cause raise CheckpointError in one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import safetensors.torch
+import torch
+
+from prvos_core.errors import CheckpointError, StorageError
+from prvos_core.model.backbones import load_state_dict_strict
+from prvos_core.model.builders import build_model
+from prvos_core.model.ema import EmaTeacher
+from prvos_core.model.urvos import URVOS
+
+FORMAT_VERSION = 1
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+EMA_FILE = "ema.safetensors"
+META_FILE = "checkpoint.json"
+REQUIRED_META = ("epoch", "step", "round")
+RESERVED_META = ("format", "size", "text_dim", "trainable", "spec", "ema_decay", "optimizer")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A loaded checkpoint: the student, its EMA teacher (None if not saved) and checkpoint.json's content."""
+
+    model: URVOS
+    ema: EmaTeacher | None
+    meta: dict[str, Any]
+
+
+def save_checkpoint(
+    path_dir: str | Path,
+    model: URVOS,
+    optimizer: torch.optim.Optimizer | None = None,
+    ema: EmaTeacher | None = None,
+    *,
+    meta: Mapping[str, Any],
+) -> Path:
+    """Write a checkpoint folder at `path_dir` (replacing one already there) and return its path.
+
+    meta: "epoch", "step", "round" (ints), optionally "config" (the resolved run config as plain data) and
+    any other JSON-serialisable entries, all kept in checkpoint.json.
+    """
+    missing = [key for key in REQUIRED_META if key not in meta]
+    reserved = sorted(set(meta) & set(RESERVED_META))
+    if missing or reserved:
+        raise ValueError(f"checkpoint meta lacks {missing} or sets keys save_checkpoint writes itself: {reserved}")
+    path_dir = Path(path_dir)
+    record: dict[str, Any] = {
+        "config": {},
+        **meta,
+        "format": FORMAT_VERSION,
+        "size": model.spec.size,
+        "text_dim": model.spec.text_dim,
+        "trainable": model.spec.trainable,
+        "spec": model.spec.to_dict(),
+        "ema_decay": None if ema is None else ema.decay,
+        "optimizer": None,
+    }
+    files = {MODEL_FILE: _cpu_tensors(model.state_dict())}
+    if ema is not None:
+        files[EMA_FILE] = _cpu_tensors(ema.state_dict())
+    if optimizer is not None:
+        files[OPTIMIZER_FILE], record["optimizer"] = _flatten_optimizer(optimizer.state_dict())
+    try:
+        text = json.dumps(record, indent=2)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"checkpoint meta must be JSON-serialisable: {error}") from None
+    try:
+        path_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{path_dir.name}.", suffix=".staging", dir=path_dir.parent))
+    except OSError as error:
+        raise StorageError(f"cannot write checkpoint {path_dir} ({error.strerror}); check the folder") from None
+    try:
+        for name, tensors in files.items():
+            safetensors.torch.save_file(tensors, staging / name)
+        (staging / META_FILE).write_text(text, encoding="utf-8")
+        _move_into_place(staging, path_dir)
+    except OSError as error:
+        raise StorageError(f"cannot write checkpoint {path_dir} ({error.strerror}); check free space") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path_dir
+
+
+def load_checkpoint(
+    path_dir: str | Path,
+    *,
+    model: URVOS | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    ema: EmaTeacher | None = None,
+    device: torch.device | str = "cpu",
+) -> Checkpoint:
+    """Load a checkpoint strictly.
+
+    model None: build it from checkpoint.json (size, text_dim, trainable) with a random backbone, then load
+    the weights; a given model is loaded into as it is. optimizer: restored too (needs `model`, whose
+    parameters it must hold). ema: loaded into; None: built from the model and loaded when the checkpoint
+    has one. Everything ends on `device`. A missing, corrupt or mismatching file raises CheckpointError.
+    """
+    if optimizer is not None and model is None:
+        raise ValueError("restoring an optimizer needs the model its parameters belong to")
+    path_dir = Path(path_dir)
+    meta = read_checkpoint_meta(path_dir)
+    if model is None:
+        model = build_model(meta["size"], text_dim=meta["text_dim"], pretrained=False, trainable=meta["trainable"])
+    load_state_dict_strict(model, _read_tensors(path_dir / MODEL_FILE), f"checkpoint {path_dir / MODEL_FILE}")
+    model.to(device)
+    if (path_dir / EMA_FILE).is_file():
+        ema = ema if ema is not None else EmaTeacher(model, decay=meta["ema_decay"])
+        load_state_dict_strict(ema.model, _read_tensors(path_dir / EMA_FILE), f"checkpoint {path_dir / EMA_FILE}")
+        ema.to(device)
+    elif ema is not None:
+        raise CheckpointError(f"checkpoint {path_dir} has no {EMA_FILE}; start the EMA teacher from the model instead")
+    if optimizer is not None:
+        load_optimizer_state(path_dir, optimizer)
+    return Checkpoint(model=model, ema=ema, meta=meta)
+
+
+def load_optimizer_state(path_dir: str | Path, optimizer: torch.optim.Optimizer) -> None:
+    """Restore an optimizer saved with the checkpoint; its parameters must be the saved model's, in order."""
+    path_dir = Path(path_dir)
+    saved = read_checkpoint_meta(path_dir)["optimizer"]
+    if saved is None or not (path_dir / OPTIMIZER_FILE).is_file():
+        raise CheckpointError(f"checkpoint {path_dir} has no optimizer state; start a fresh optimizer instead")
+    state = _unflatten_optimizer(_read_tensors(path_dir / OPTIMIZER_FILE), saved, optimizer.param_groups)
+    try:
+        optimizer.load_state_dict(state)
+    except (ValueError, KeyError) as error:
+        raise CheckpointError(f"checkpoint {path_dir} optimizer state does not fit this optimizer ({error})") from None
+
+
+def read_checkpoint_meta(path_dir: str | Path) -> dict[str, Any]:
+    """checkpoint.json of a checkpoint folder, checked for the keys loading needs."""
+    path = Path(path_dir) / META_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found; pass a checkpoint folder written by save_checkpoint")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path} is unreadable ({type(error).__name__}); the checkpoint is corrupt") from None
+    needed = (*RESERVED_META, *REQUIRED_META)
+    lacking = [key for key in needed if not isinstance(meta, dict) or key not in meta]
+    if lacking:
+        raise CheckpointError(f"{path} lacks {', '.join(lacking)}; the checkpoint is corrupt or not PRVOS's")
+    if meta["format"] != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has format {meta['format']}, this code reads {FORMAT_VERSION}; use a matching PRVOS"
+        )
+    return meta
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found; the checkpoint is incomplete, save it again")
+    try:
+        return safetensors.torch.load_file(path)
+    except (safetensors.SafetensorError, OSError) as error:
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"{path} is corrupt ({first_line}); save the checkpoint again") from None
+
+
+def _cpu_tensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached, contiguous CPU copies (safetensors writes neither views nor device memory)."""
+    return {key: value.detach().cpu().contiguous() for key, value in state.items()}
+
+
+def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """torch optimizer state dict -> (tensors "state.<index>.<name>", JSON part: param groups, scalar state)."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, entry in state["state"].items():
+        for name, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{index}.{name}"] = value
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    groups = []
+    for group_index, group in enumerate(state["param_groups"]):
+        plain = {}
+        for key, value in group.items():
+            if isinstance(value, torch.Tensor):  # e.g. a tensor learning rate
+                tensors[f"param_groups.{group_index}.{key}"] = value
+            else:
+                plain[key] = value
+        groups.append(plain)
+    return _cpu_tensors(tensors), {"param_groups": groups, "scalars": scalars}
+
+
+def _unflatten_optimizer(
+    tensors: dict[str, torch.Tensor], saved: dict[str, Any], live_groups: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Inverse of `_flatten_optimizer`; JSON lists become tuples where the live optimizer holds tuples (betas)."""
+    state: dict[int, dict[str, Any]] = {}
+    for index, entry in saved["scalars"].items():
+        state.setdefault(int(index), {}).update(entry)
+    groups = [dict(group) for group in saved["param_groups"]]
+    for key, value in tensors.items():
+        kind, index, name = key.split(".", 2)
+        if kind == "state":
+            state.setdefault(int(index), {})[name] = value
+        else:
+            groups[int(index)][name] = value
+    for group, live in zip(groups, live_groups, strict=False):
+        for key, value in group.items():
+            if isinstance(value, list) and isinstance(live.get(key), tuple):
+                group[key] = tuple(value)
+    return {"state": state, "param_groups": groups}
+
+
+def _move_into_place(staging: Path, target: Path) -> None:
+    """Rename the finished staging folder to `target`; an older checkpoint there is swapped out, then removed."""
+    if not target.exists():
+        os.rename(staging, target)
+        return
+    retired = staging.with_suffix(".retired")
+    os.rename(target, retired)
+    os.rename(staging, target)
+    shutil.rmtree(retired, ignore_errors=True)

@@ -1,0 +1,157 @@
+"""End-to-end: a reduced demo config through every stage, re-runs that recompute nothing, a changed refine
+setting that re-runs only what depends on it, MLflow lineage, and a driver killed mid-infer then resumed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import zarr
+
+from pipelines.pipeline import run_pipeline, stage_plan
+from prvos_core.config import config_from_dict
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def reduced_config(tmp_path: Path, **changes) -> dict:
+    raw = {
+        "name": "e2e",
+        "rounds": 1,
+        "run": {"root": str(tmp_path / "runs"), "seed": 0},
+        "data": {
+            "root": str(tmp_path / "data"),
+            "synth": {"videos": 2, "valid_videos": 1, "frames": 8, "size": [48, 48], "label_every": 4, "seed": 1},
+        },
+        "model": {"size": "tiny", "input_size": [32, 32]},
+        "train": {"workers": 2, "epochs": 1, "batch_size": 2, "clip_frames": 2},
+        "infer": {"actors": 2},
+        "evaluate": {"actors": 2},
+    }
+    raw.update(changes)
+    return raw
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, ray_local):
+    tmp_path = tmp_path_factory.mktemp("e2e")
+    config = config_from_dict(reduced_config(tmp_path))
+    report = run_pipeline(config, run_id="first")
+    return tmp_path, config, report
+
+
+def test_every_stage_runs_and_commits(finished_run):
+    tmp_path, config, report = finished_run
+    assert list(report.outcomes) == stage_plan(config)
+    assert report.ran() == stage_plan(config)
+    for name in stage_plan(config):
+        assert report.store.read_marker(name) is not None, name
+    evaluated = report.store.read_marker("r1-evaluate").metrics
+    assert 0.0 <= evaluated["JF"] <= 1.0 and "P0.5" in evaluated
+    refined = report.store.read_marker("r0-refine").metrics
+    assert 0.0 < refined["kept_ratio"] <= 1.0
+
+
+def test_rerun_recomputes_nothing(finished_run, ray_local):
+    tmp_path, config, _ = finished_run
+    started = time.perf_counter()
+    again = run_pipeline(config, run_id="first")
+    assert again.ran() == []
+    assert time.perf_counter() - started < 5.0
+
+
+def test_changed_refine_setting_reruns_refine_and_what_follows(finished_run, ray_local):
+    tmp_path, config, _ = finished_run
+    changed = config_from_dict({**config.to_dict(), "refine": {**config.to_dict()["refine"], "percentile": 40.0}})
+    report = run_pipeline(changed, run_id="first")
+    assert report.ran() == ["r0-refine", "r1-train", "r1-evaluate"]
+
+
+def test_mlflow_holds_parent_round_and_stage_runs(finished_run):
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.lineage import default_tracking_uri
+
+    tmp_path, config, report = finished_run
+    client = MlflowClient(default_tracking_uri(config.run.root))
+    experiment = client.get_experiment_by_name("prvos/e2e")
+    runs = client.search_runs([experiment.experiment_id], max_results=200)
+    parent = next(r for r in runs if r.data.tags.get("prvos.run_id") == "first")
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    rounds = {r.data.tags["prvos.round"]: r for r in children if "prvos.stage" not in r.data.tags}
+    assert set(rounds) == {"0", "1"}
+    stages = [r for r in runs if "prvos.stage" in r.data.tags and r.info.run_id != parent.info.run_id]
+    train0 = next(r for r in stages if r.data.tags["prvos.stage"] == "r0-train")
+    assert train0.data.tags["mlflow.parentRunId"] == rounds["0"].info.run_id
+    assert train0.data.params["train.epochs"] == "1" and "loss" in train0.data.metrics
+    assert train0.data.tags["prvos.fingerprint"] == report.store.read_marker("r0-train").fingerprint
+    assert train0.data.tags["prvos.output.checkpoint"].endswith("checkpoint")
+    ingest_run = next(r for r in stages if r.data.tags["prvos.stage"] == "ingest")
+    assert ingest_run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert parent.inputs.dataset_inputs, "the manifest is logged as the parent's input dataset"
+    refine_run = next(r for r in stages if r.data.tags["prvos.stage"] == "r0-refine")
+    artifacts = [a.path for a in client.list_artifacts(refine_run.info.run_id)]
+    assert "summary.json" in artifacts
+
+
+def _arrays(store_path: Path) -> dict[str, np.ndarray]:
+    group = zarr.open_group(str(store_path), mode="r")
+    return {f"{name}/{array}": group[name][array][:] for name, _ in group.groups() for array in ("prob", "uncertainty")}
+
+
+def test_driver_killed_during_infer_then_resumed_equals_an_uninterrupted_run(finished_run, tmp_path):
+    reference_root, _, reference = finished_run
+    raw = reduced_config(tmp_path)
+    raw["data"]["root"] = str(reference_root / "data")  # the same dataset files
+    config_path = tmp_path / "c.yaml"
+    import yaml
+
+    config_path.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "run", str(config_path), "--run-id", "killed"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    store = tmp_path / "runs/killed/r0-infer/pseudo.zarr"
+    deadline = time.time() + 400
+    while time.time() < deadline and driver.poll() is None:
+        if store.is_dir() and any(
+            group.attrs.get("committed") for _, group in zarr.open_group(str(store), mode="r").groups()
+        ):
+            break
+        time.sleep(0.2)
+    assert driver.poll() is None, "the run ended before infer committed anything"
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and everything it started
+    driver.wait()
+    assert not (tmp_path / "runs/killed/r0-infer/_COMMITTED.json").exists()
+    resumed = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "resume", str(tmp_path / "runs/killed")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    killed, first = tmp_path / "runs/killed", reference.store.run_dir
+    expected, actual = _arrays(Path(first) / "r0-infer/pseudo.zarr"), _arrays(killed / "r0-infer/pseudo.zarr")
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        assert np.array_equal(expected[key], actual[key]), key
+    for table in ("r0-infer/index.parquet", "r0-refine/frames.parquet"):
+        left = (
+            pq.read_table(Path(first) / table).drop_columns(["teacher"])
+            if "index" in table
+            else pq.read_table(Path(first) / table)
+        )
+        right = (
+            pq.read_table(killed / table).drop_columns(["teacher"])
+            if "index" in table
+            else pq.read_table(killed / table)
+        )
+        assert left.sort_by([(c, "ascending") for c in left.column_names[:2]]).equals(
+            right.sort_by([(c, "ascending") for c in right.column_names[:2]])
+        ), table
