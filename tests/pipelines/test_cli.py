@@ -36,7 +36,9 @@ def _config(tmp_path: Path, data_root: Path) -> Path:
 def test_user_errors_are_one_line(tmp_path):
     config = _config(tmp_path, tmp_path / "nope")
     assert_one_line_error(prvos("run", str(tmp_path / "missing.yaml"), cwd=tmp_path), "missing.yaml", "not found")
-    assert_one_line_error(prvos("run", str(config), "--set", "ingest.chunkframes=3", cwd=tmp_path), "ingest.chunk_frames")
+    assert_one_line_error(
+        prvos("run", str(config), "--set", "ingest.chunkframes=3", cwd=tmp_path), "ingest.chunk_frames"
+    )
     assert_one_line_error(prvos("run", str(config), "--stages", "ingets", cwd=tmp_path), "unknown stage", "ingest")
     assert_one_line_error(prvos("run", str(config), "--stages", "ingest", cwd=tmp_path), str(tmp_path / "nope"))
     assert_one_line_error(prvos("data", "synth", "--out", str(tmp_path / "s"), "--frames", "0", cwd=tmp_path), "frames")

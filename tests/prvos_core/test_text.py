@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,20 +14,7 @@ from prvos_core.errors import ConfigError
 from prvos_core.layout import read_json
 from prvos_core.text import TextEncoder, encoder_identity, resolve_model_dir
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Small batches on a busy 2-core machine run several times faster on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def minilm() -> TextEncoder:
-    """The one MiniLM load of this file (about 2.5 s)."""
-    return TextEncoder.from_path("minilm")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ import random
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,8 @@ from prvos_core.errors import ConfigError, DataError, StorageError
 from prvos_core.layout import read_json
 from prvos_core.text import TextEncoder
 from prvos_core.text_cache import TextCache, TextNotCachedError
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,21 +37,6 @@ class CountingEncoder(TextEncoder):
             raise RuntimeError("encoder crashed mid-build")
         self.encoded.update(texts)
         return super().encode(texts, batch_size)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Small batches on a busy 2-core machine run several times faster on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def minilm() -> TextEncoder:
-    """The one MiniLM load of this file (about 2.5 s)."""
-    return TextEncoder.from_path(None)
 
 
 @pytest.fixture(scope="session")

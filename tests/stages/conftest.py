@@ -9,7 +9,6 @@ import pytest
 
 from prvos_core.config import IngestSection
 from prvos_core.synth import generate_synthetic
-from prvos_core.text import TextEncoder
 from prvos_core.text_cache import TextCache
 from stages import ingest
 
@@ -21,11 +20,6 @@ class TinyRun:
     text_cache: str
     text_identity: str
     text_dim: int
-
-
-@pytest.fixture(scope="session")
-def minilm() -> TextEncoder:
-    return TextEncoder.from_path(None)
 
 
 @pytest.fixture(scope="session")

@@ -46,7 +46,9 @@ def build_broken_dataset(root: Path) -> dict:
     """A small dataset with one broken item of each kind next to good ones; returns what to expect."""
     videos_meta, expressions = {}, {}
     frames = _good_video(root, "good")
-    videos_meta["good"] = {"objects": {"1": {"category": "cat", "frames": frames}, "2": {"category": "dog", "frames": frames}}}
+    videos_meta["good"] = {
+        "objects": {"1": {"category": "cat", "frames": frames}, "2": {"category": "dog", "frames": frames}}
+    }
     expressions["good"] = {
         "frames": frames,
         "expressions": {
@@ -111,7 +113,9 @@ def test_every_broken_item_is_quarantined_with_its_reason(tmp_path, ray_local):
     expected = build_broken_dataset(tmp_path / "data")
     out = tmp_path / "stage"
     out.mkdir()
-    result = ingest.run(ingest.IngestInputs(str(tmp_path / "data"), ("train",), str(out)), IngestSection(chunk_frames=4))
+    result = ingest.run(
+        ingest.IngestInputs(str(tmp_path / "data"), ("train",), str(out)), IngestSection(chunk_frames=4)
+    )
     manifest = read_manifest(str(out))
     quarantine = {row.item: row.reason for row in manifest.quarantine}
     for item, reason in expected["reasons"].items():
@@ -135,14 +139,21 @@ def test_every_broken_item_is_quarantined_with_its_reason(tmp_path, ray_local):
 def test_ingest_of_the_real_clips(shared_data, tmp_path, ray_local):
     out = tmp_path / "stage"
     out.mkdir()
-    ingest.run(ingest.IngestInputs(str(shared_data / "ref_davis16_mini"), ("train", "valid"), str(out)), IngestSection())
+    ingest.run(
+        ingest.IngestInputs(str(shared_data / "ref_davis16_mini"), ("train", "valid"), str(out)), IngestSection()
+    )
     manifest = read_manifest(str(out))
     by_id = {(v.split, v.video_id): v for v in manifest.videos}
     assert set(by_id) == {
         ("train", "blackswan"), ("train", "breakdance"), ("train", "car-roundabout"), ("train", "cows"),
         ("valid", "dance-twirl"), ("valid", "libby"),
     }  # fmt: skip
-    assert [by_id["train", v].n_frames for v in ("blackswan", "breakdance", "car-roundabout", "cows")] == [25, 28, 25, 26]
+    assert [by_id["train", v].n_frames for v in ("blackswan", "breakdance", "car-roundabout", "cows")] == [
+        25,
+        28,
+        25,
+        26,
+    ]
     assert all((v.height, v.width) == (480, 854) for v in manifest.videos)
     assert all(v.annotated_frames == v.frame_ids for v in manifest.videos)  # dense masks
     swan = next(e for e in manifest.expressions if e.video_id == "blackswan")
@@ -174,7 +185,10 @@ def test_merged_json_source_gives_the_same_manifest(shared_data, tmp_path, ray_l
         vid: {
             "frames": texts[vid]["frames"],
             "objects": {
-                oid: {**obj, "expressions": {k: e["exp"] for k, e in texts[vid]["expressions"].items() if e["obj_id"] == oid}}
+                oid: {
+                    **obj,
+                    "expressions": {k: e["exp"] for k, e in texts[vid]["expressions"].items() if e["obj_id"] == oid},
+                }
                 for oid, obj in entry["objects"].items()
             },
         }
@@ -204,9 +218,8 @@ def test_missing_dataset_is_one_clear_error(tmp_path, ray_local):
 
 def test_converted_ref_davis_keeps_annotator_and_kind(shared_data, tmp_path, ray_local):
     """convert-davis -> ingest: the same sentence from two annotators or kinds stays two expressions."""
-    from tests.prvos_core.test_davis import _make_davis, _make_text
-
     from prvos_core.davis import convert_davis
+    from tests.prvos_core.test_davis import _make_davis, _make_text
 
     davis_root, text_dir = tmp_path / "DAVIS", tmp_path / "text"
     _make_davis(shared_data, davis_root)
