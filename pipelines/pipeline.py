@@ -187,27 +187,34 @@ class _Context:
         self.stage(name, round_index, section, inputs, work)
 
     def _infer(self, name: str, round_index: int) -> None:
+        self._run_model(name, round_index, infer, "infer", self.config.data.train_split)
+
+    def _evaluate(self, name: str, round_index: int) -> None:
+        self._run_model(name, round_index, evaluate, "evaluate", self.config.data.valid_split)
+
+    def _run_model(self, name: str, round_index: int, module, section: str, split: str) -> None:
+        """infer and evaluate: round r's checkpoint run over every expression of a split on Ray Data."""
         config = self.config
         manifest, text_cache = self.result("ingest"), self.result("text")
         student = self.result(f"r{round_index}-train")
-        section = {"infer": config.section("infer"), "split": config.data.train_split}
         inputs = {"ingest": manifest.fingerprint, "text": text_cache.fingerprint, "train": student.fingerprint}
+        inputs_class = module.InferInputs if module is infer else module.EvaluateInputs
 
         def work(folder: str, stage_fingerprint: str) -> StageResult:
-            infer_inputs = infer.InferInputs(
+            stage_inputs = inputs_class(
                 manifest_dir=_folder(manifest),
                 text_cache=text_cache.outputs["cache"],
                 text_identity=text_cache.outputs["identity"],
                 checkpoint=student.outputs["checkpoint"],
-                split=config.data.train_split,
+                split=split,
                 out_dir=folder,
                 input_size=train.input_size(config.model),
                 fingerprint=stage_fingerprint,
                 round_index=round_index,
             )
-            return infer.run(infer_inputs, config.infer)
+            return module.run(stage_inputs, getattr(config, section))
 
-        self.stage(name, round_index, section, inputs, work)
+        self.stage(name, round_index, {section: config.section(section), "split": split}, inputs, work)
 
     def _refine(self, name: str, round_index: int) -> None:
         config = self.config
@@ -226,29 +233,6 @@ class _Context:
             return refine.run(refine_inputs, config.refine)
 
         self.stage(name, round_index, section, {"ingest": manifest.fingerprint, "infer": pseudo.fingerprint}, work)
-
-    def _evaluate(self, name: str, round_index: int) -> None:
-        config = self.config
-        manifest, text_cache = self.result("ingest"), self.result("text")
-        student = self.result(f"r{round_index}-train")
-        section = {"evaluate": config.section("evaluate"), "split": config.data.valid_split}
-        inputs = {"ingest": manifest.fingerprint, "text": text_cache.fingerprint, "train": student.fingerprint}
-
-        def work(folder: str, stage_fingerprint: str) -> StageResult:
-            evaluate_inputs = evaluate.EvaluateInputs(
-                manifest_dir=_folder(manifest),
-                text_cache=text_cache.outputs["cache"],
-                text_identity=text_cache.outputs["identity"],
-                checkpoint=student.outputs["checkpoint"],
-                split=config.data.valid_split,
-                out_dir=folder,
-                input_size=train.input_size(config.model),
-                fingerprint=stage_fingerprint,
-                round_index=round_index,
-            )
-            return evaluate.run(evaluate_inputs, config.evaluate)
-
-        self.stage(name, round_index, section, inputs, work)
 
 
 def _folder(manifest: StageResult) -> str:
