@@ -129,6 +129,8 @@ class EvaluateSection(Section):
     actors: int = Field(2, gt=0)
     cpus_per_actor: float = Field(1.0, gt=0)
     gpus_per_actor: float = Field(0.0, ge=0)
+    threads_per_actor: int = Field(1, gt=0)
+    memory_frames: int = Field(4, ge=0)
     first_frame_gt: bool = False  # RVOS: the referred object is found from the text alone
     bound_th: float = Field(0.008, gt=0)  # DAVIS boundary tolerance
 
@@ -157,7 +159,7 @@ class PrvosConfig(Section):
 
     def section(self, name: str) -> dict[str, Any]:
         """One section as plain data (what a stage fingerprint hashes)."""
-        return getattr(self, name).model_dump(mode="json")
+        return self.model_dump(mode="json")[name]
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

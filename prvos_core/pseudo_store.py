@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import pyarrow as pa
 import zarr
 from zarr.codecs import ZstdCodec
 
@@ -29,6 +30,8 @@ from prvos_core.uncertainty import dequantize_unit, quantize_unit
 Encoding = Literal["uint8", "float16"]
 PSEUDO_STORE = "pseudo.zarr"
 REFINED_STORE = "refined.zarr"
+INDEX_FILE = "index.parquet"  # infer: one row per (expression, frame)
+FRAMES_FILE = "frames.parquet"  # refine: one decision per (expression, frame)
 _COMPRESSORS = ZstdCodec(level=3)
 
 
@@ -159,3 +162,38 @@ def _committed_group(store: zarr.Group, expression_id: str) -> zarr.Group:
     if group.attrs.get("committed") is not True:
         raise StorageError(f"expression {expression_id} in {store.store} is not committed (its writer stopped early)")
     return group
+
+
+INDEX_SCHEMA = pa.schema(
+    [
+        ("expression_id", pa.string()),
+        ("frame", pa.string()),
+        ("mean_entropy", pa.float32()),
+        ("fg_fraction", pa.float32()),
+        ("teacher", pa.string()),
+        ("status", pa.string()),
+    ]
+)
+
+FRAMES_SCHEMA = pa.schema(
+    [
+        ("expression_id", pa.string()),
+        ("frame", pa.string()),
+        ("source", pa.string()),  # "ground_truth" or "pseudo_label"
+        ("kept", pa.bool_()),
+        ("rank", pa.int32()),  # position by mean entropy among the expression's pseudo-labelled frames
+        ("mean_entropy", pa.float32()),
+        ("kept_ratio", pa.float32()),
+        ("reason", pa.string()),
+    ]
+)
+
+
+def index_table(rows: dict[str, list]) -> pa.Table:
+    """The infer stage's Parquet index from column lists."""
+    return pa.table(rows, schema=INDEX_SCHEMA)
+
+
+def frames_table(rows: dict[str, list]) -> pa.Table:
+    """The refine stage's frame decisions from column lists."""
+    return pa.table(rows, schema=FRAMES_SCHEMA)
