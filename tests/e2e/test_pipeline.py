@@ -67,13 +67,6 @@ def test_rerun_recomputes_nothing(finished_run, ray_local):
     assert time.perf_counter() - started < 5.0
 
 
-def test_changed_refine_setting_reruns_refine_and_what_follows(finished_run, ray_local):
-    tmp_path, config, _ = finished_run
-    changed = config_from_dict({**config.to_dict(), "refine": {**config.to_dict()["refine"], "percentile": 40.0}})
-    report = run_pipeline(changed, run_id="first")
-    assert report.ran() == ["r0-refine", "r1-train", "r1-evaluate"]
-
-
 def test_mlflow_holds_parent_round_and_stage_runs(finished_run):
     from mlflow.tracking import MlflowClient
 
@@ -155,3 +148,11 @@ def test_driver_killed_during_infer_then_resumed_equals_an_uninterrupted_run(fin
         assert left.sort_by([(c, "ascending") for c in left.column_names[:2]]).equals(
             right.sort_by([(c, "ascending") for c in right.column_names[:2]])
         ), table
+
+
+# Last: it changes the shared run's refine setting.
+def test_changed_refine_setting_reruns_refine_and_what_follows(finished_run, ray_local):
+    tmp_path, config, _ = finished_run
+    changed = config_from_dict({**config.to_dict(), "refine": {**config.to_dict()["refine"], "percentile": 40.0}})
+    report = run_pipeline(changed, run_id="first")
+    assert report.ran() == ["r0-refine", "r1-train", "r1-evaluate"]
