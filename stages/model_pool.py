@@ -15,6 +15,7 @@ import numpy as np
 import ray
 import ray.data
 
+from prvos_core import faults
 from prvos_core.progress import progress_bar
 
 log = logging.getLogger("prvos")
@@ -53,11 +54,18 @@ def run_pool(
         num_gpus=gpus_per_actor,
         batch_size=1,
         batch_format="numpy",
+        runtime_env=fault_runtime_env(),
     )
     with progress_bar(stage, total=len(expression_ids), unit="expr", round_index=round_index) as bar:
         for row in dataset.iter_rows():
             bar.update(1)
             yield {key: _plain(value) for key, value in row.items()}
+
+
+def fault_runtime_env() -> dict | None:
+    """Hand injected-fault settings (tests of resume) to Ray workers, which do not see later env changes."""
+    variables = faults.environment()
+    return {"env_vars": variables} if variables else None
 
 
 def one_row_batch(handle: Callable[[str], dict[str, Any]], batch: dict[str, np.ndarray]) -> dict[str, list]:

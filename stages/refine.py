@@ -1,10 +1,11 @@
 """Refine: the round's teacher predictions -> training labels, weights and a frame choice per expression.
 
-Two passes over the pseudo-label store, each as Ray tasks over chunks of expressions: (1) confidence
-histograms of the non-ground-truth frames, merged into the round's per-class thresholds; (2) per expression,
-`prvos_core.refine.refine_expression` -> refined labels (Zarr), frame decisions (Parquet) and a summary.
-Where the split has `full_annotations/` (the synthetic set) the chosen pseudo-labelled frames are also scored
-against them, refined and raw teacher alike: the measure of whether refinement helps.
+Two passes over the pseudo-label store, each as Ray tasks over fixed chunks of expressions (sorted by id):
+(1) confidence histograms of the non-ground-truth frames, merged into the round's per-class thresholds;
+(2) per expression, `prvos_core.refine.refine_expression` -> refined labels (Zarr, one writer per expression),
+frame decisions (Parquet) and a summary. Where the split has `full_annotations/` (the synthetic set) the
+chosen pseudo-labelled frames are also scored against them, refined and raw teacher alike: the measure of
+whether refinement helps. A re-run recomputes everything and writes the same bytes.
 """
 
 from __future__ import annotations
@@ -15,36 +16,61 @@ from pathlib import Path
 
 import numpy as np
 import ray
+from ray.exceptions import RayTaskError
 
 from prvos_core import faults, storage
+from prvos_core.errors import StorageError, UserError
 from prvos_core.frames import read_object_mask, resize_map
 from prvos_core.layout import SplitPaths
-from prvos_core.manifest import Expression, read_manifest
+from prvos_core.manifest import Expression, Video, read_manifest
 from prvos_core.progress import progress_bar
 from prvos_core.pseudo_quality import QualityCounts, RefineSummary, pseudo_label_quality, teacher_quality
 from prvos_core.pseudo_store import (
     FRAMES_FILE,
+    FRAMES_SCHEMA,
     REFINED_STORE,
+    PseudoLabel,
     RefinedLabel,
+    committed_expressions,
     frames_table,
     open_store,
     read_pseudo_label,
     write_refined,
 )
-from prvos_core.refine import ConfidenceHistogram, RefineConfig, Thresholds, choose_thresholds, refine_expression
+from prvos_core.refine import (
+    ConfidenceHistogram,
+    RefineConfig,
+    RefinedExpression,
+    Thresholds,
+    choose_thresholds,
+    refine_expression,
+)
 from stages.result import StageResult
 
-CHUNK = 16  # expressions per task
+CHUNK = 16  # expressions per Ray task: fixed, so the chunks (and the output) never depend on the cluster size
+SUMMARY_FILE = "summary.json"
+
+Job = tuple[Expression, Video]
 
 
 @dataclass(frozen=True)
 class RefineInputs:
     manifest_dir: str
-    pseudo_store: str  # the infer stage's pseudo.zarr
+    pseudo_store: str  # the infer stage's <dir>/pseudo.zarr
     out_dir: str
     split: str = "train"
     fingerprint: str = ""
     round_index: int | None = None
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """What one pass-2 task reports: its summary, frame rows and scores against full_annotations."""
+
+    summary: RefineSummary
+    rows: dict[str, list]  # FRAMES_SCHEMA columns, expressions in chunk order, frames in frame order
+    full_refined: QualityCounts  # refined labels of the chosen pseudo-labelled frames vs full_annotations
+    full_teacher: QualityCounts  # the raw teacher on the same frames
 
 
 def run(inputs: RefineInputs, cfg: RefineConfig) -> StageResult:
@@ -52,122 +78,180 @@ def run(inputs: RefineInputs, cfg: RefineConfig) -> StageResult:
     manifest = read_manifest(inputs.manifest_dir)
     videos = {(v.split, v.video_id): v for v in manifest.videos}
     expressions = sorted(manifest.split_expressions(inputs.split), key=lambda e: e.expression_id)
-    jobs = [[(e, videos[(e.split, e.video_id)].dataset_root) for e in expressions[i : i + CHUNK]]
-            for i in range(0, len(expressions), CHUNK)]  # fmt: skip
+    _require_committed(inputs.pseudo_store, [e.expression_id for e in expressions])
+    jobs = [(e, videos[(e.split, e.video_id)]) for e in expressions]
+    chunks = [jobs[i : i + CHUNK] for i in range(0, len(jobs), CHUNK)]
+
     histogram = ConfidenceHistogram()
-    for part in _gather(
-        [_histogram.remote(job, inputs.pseudo_store) for job in jobs], "refine-thresholds", inputs, len(jobs)
-    ):
+    tasks = [_histogram.remote(chunk, inputs.pseudo_store) for chunk in chunks]
+    for part in _gather(tasks, chunks, "refine thresholds", inputs.round_index):
         histogram.merge(part)
     thresholds = choose_thresholds(histogram, cfg)
+
     refined_uri = storage.join(inputs.out_dir, REFINED_STORE)
-    open_store(refined_uri)  # created once here, before tasks add their groups
-    summary, full_refined, full_teacher = RefineSummary(thresholds), QualityCounts(), QualityCounts()
-    rows: dict[str, list] = {}
-    tasks = [_refine.remote(job, inputs.pseudo_store, refined_uri, thresholds, cfg) for job in jobs]
-    for part, part_rows, refined_full, teacher_full in _gather(tasks, "refine", inputs, len(jobs)):
-        summary.merge(part)
-        full_refined, full_teacher = full_refined + refined_full, full_teacher + teacher_full
-        for key, values in part_rows.items():
-            rows.setdefault(key, []).extend(values)
-    order = sorted(range(len(rows.get("frame", []))), key=lambda i: (rows["expression_id"][i], rows["frame"][i]))
+    # A re-run recomputes: nothing of an earlier attempt (e.g. expressions no longer in the manifest) survives.
+    storage.remove(refined_uri)
+    open_store(refined_uri)  # the root group, created once before the tasks add theirs
+    tasks = [_refine.remote(chunk, inputs.pseudo_store, refined_uri, thresholds, cfg) for chunk in chunks]
+    summary = RefineSummary(thresholds)
+    full_refined, full_teacher = QualityCounts(), QualityCounts()
+    rows: dict[str, list] = {field.name: [] for field in FRAMES_SCHEMA}
+    for part in _gather(tasks, chunks, "refine", inputs.round_index):
+        summary.merge(part.summary)
+        full_refined, full_teacher = full_refined + part.full_refined, full_teacher + part.full_teacher
+        for name, values in part.rows.items():
+            rows[name].extend(values)
+
     frames_uri = storage.join(inputs.out_dir, FRAMES_FILE)
-    storage.write_parquet(frames_uri, frames_table({key: [values[i] for i in order] for key, values in rows.items()}))
-    report = summary.to_dict()
-    report.update(_full_report(full_refined, full_teacher))
-    report["seconds"] = time.perf_counter() - started
-    summary_uri = storage.join(inputs.out_dir, "summary.json")
+    storage.write_parquet(frames_uri, frames_table(rows))
+    # summary.json holds no timing, so a re-run writes the same bytes; None stays null there.
+    report = {**summary.to_dict(), **_full_report(full_refined, full_teacher)}
+    summary_uri = storage.join(inputs.out_dir, SUMMARY_FILE)
     storage.write_json(summary_uri, report)
     metrics = {key: float(value) for key, value in report.items() if value is not None}
+    metrics["seconds"] = time.perf_counter() - started
     outputs = {"refined": refined_uri, "frames": frames_uri, "summary": summary_uri}
     return StageResult("refine", outputs, metrics, inputs.fingerprint)
 
 
-def _gather(tasks: list, stage: str, inputs: RefineInputs, total: int):
-    """Results of Ray tasks in completion order, with progress (chunks of expressions)."""
-    with progress_bar(stage, total=total, unit="chunk", round_index=inputs.round_index) as bar:
-        pending = list(tasks)
+def _require_committed(pseudo_uri: str, expression_ids: list[str]) -> None:
+    """Every expression of the split must have committed pseudo-labels; a half-written one is never used."""
+    missing = sorted(set(expression_ids) - committed_expressions(open_store(pseudo_uri, mode="r")))
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise StorageError(
+            f"{pseudo_uri}: no committed pseudo-labels for expression(s) {shown} (infer stopped before writing "
+            "them); resume the run so infer finishes them"
+        )
+
+
+def _gather(tasks: list, chunks: list[list[Job]], stage: str, round_index: int | None) -> list:
+    """The tasks' results in submission order (so merging is deterministic), with progress in expressions.
+    A task's user error (bad mask file, inconsistent store) comes back as itself, without the Ray wrapping."""
+    position = {task: index for index, task in enumerate(tasks)}
+    results: list = [None] * len(tasks)
+    pending = list(tasks)
+    with progress_bar(stage, total=sum(map(len, chunks)), unit="expression", round_index=round_index) as bar:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            bar.update(1)
-            yield ray.get(done[0])
-
-
-def _ground_truth(expression: Expression, root: str, frame_ids, size, folder: str) -> dict[int, np.ndarray]:
-    """frame index -> (h, w) 0/1 mask at the store's resolution, for the frames `folder` has masks of."""
-    paths = SplitPaths(Path(root), expression.split)
-    wanted = set(expression.gt_frames) if folder == "Annotations" else set(frame_ids)
-    masks = {}
-    for index, frame in enumerate(frame_ids):
-        path = paths.split_dir / folder / expression.video_id / f"{frame}.png"
-        if frame in wanted and expression.object_id and path.is_file():
-            masks[index] = resize_map(read_object_mask(str(path), expression.object_id), size)
-    return masks
+            index = position[done[0]]
+            try:
+                results[index] = ray.get(done[0])
+            except RayTaskError as error:
+                if isinstance(error.cause, UserError):
+                    raise error.cause from None
+                raise
+            bar.update(len(chunks[index]))
+    return results
 
 
 @ray.remote(num_cpus=1)
-def _histogram(job: list[tuple[Expression, str]], pseudo_uri: str) -> ConfidenceHistogram:
-    # Only frames without ground truth: those are the ones whose pixels the thresholds decide about.
+def _histogram(chunk: list[Job], pseudo_uri: str) -> ConfidenceHistogram:
+    # Only frames without ground truth: their pixels are the ones the thresholds decide about. The teacher's
+    # predictions on GT frames are never trained on, and (often the first frame, propagated from its GT mask)
+    # more confident than the rest, so counting them would raise the thresholds for the frames that matter.
     store, histogram = open_store(pseudo_uri, mode="r"), ConfidenceHistogram()
-    for expression, _ in job:
-        label = read_pseudo_label(store, expression.expression_id)
+    for expression, video in chunk:
+        pseudo = _read(store, pseudo_uri, expression, video)
         gt = set(expression.gt_frames)
-        rows = [t for t, frame in enumerate(label.frame_ids) if frame not in gt]
+        rows = [t for t, frame in enumerate(pseudo.frame_ids) if frame not in gt]
         if rows:
-            histogram.add(label.prob[rows])
+            histogram.add(pseudo.prob[rows])
     return histogram
 
 
 @ray.remote(num_cpus=1)
-def _refine(job, pseudo_uri: str, refined_uri: str, thresholds: Thresholds, cfg: RefineConfig):
+def _refine(chunk: list[Job], pseudo_uri: str, refined_uri: str, thresholds: Thresholds, cfg: RefineConfig):
     store, refined_store = open_store(pseudo_uri, mode="r"), open_store(refined_uri)
-    summary, rows = RefineSummary(thresholds), {}
+    summary, rows = RefineSummary(thresholds), {field.name: [] for field in FRAMES_SCHEMA}
     full_refined, full_teacher = QualityCounts(), QualityCounts()
-    for position, (expression, root) in enumerate(job):
+    for position, (expression, video) in enumerate(chunk):
         faults.maybe_fail("refine.expression", position)
-        label = read_pseudo_label(store, expression.expression_id)
-        size = label.prob.shape[1:]
-        gt = _ground_truth(expression, root, label.frame_ids, size, "Annotations")
-        refined = refine_expression(label.prob, label.uncertainty, thresholds, cfg, gt)
+        pseudo = _read(store, pseudo_uri, expression, video)
+        gt = _ground_truth(expression, video, pseudo)
+        refined = refine_expression(pseudo.prob, pseudo.uncertainty, thresholds, cfg, gt)
         summary.add(refined)
-        chosen = tuple(label.frame_ids[t] for t in refined.pseudo_frames)
         write_refined(
             refined_store,
-            RefinedLabel(expression.expression_id, label.frame_ids, refined.label, refined.weight, chosen,
-                         tuple(label.frame_ids[t] for t in sorted(gt))),
-        )  # fmt: skip
-        full = _ground_truth(expression, root, chosen, size, "full_annotations")
-        position_of = {frame: t for t, frame in enumerate(label.frame_ids)}
-        for index, mask in full.items():
-            t = position_of[chosen[index]]
-            full_refined += pseudo_label_quality(refined.label[t], mask)
-            full_teacher += teacher_quality(label.prob[t], mask)
-        ranks = _ranks(refined)
-        for decision in refined.frames:
-            for key, value in (
-                ("expression_id", expression.expression_id),
-                ("frame", label.frame_ids[decision.frame_index]),
-                ("source", decision.source),
-                ("kept", decision.kept),
-                ("rank", ranks.get(decision.frame_index)),
-                ("mean_entropy", decision.mean_entropy),
-                ("kept_ratio", decision.kept_ratio),
-                ("reason", decision.reason),
-            ):
-                rows.setdefault(key, []).append(value)
-    return summary, rows, full_refined, full_teacher
+            RefinedLabel(
+                expression.expression_id,
+                pseudo.frame_ids,
+                refined.label,
+                refined.weight,
+                tuple(pseudo.frame_ids[t] for t in refined.pseudo_frames),
+                tuple(pseudo.frame_ids[t] for t in sorted(gt)),
+            ),
+        )
+        scored = _full_annotation_quality(expression, video, pseudo, refined)
+        full_refined, full_teacher = full_refined + scored[0], full_teacher + scored[1]
+        _add_rows(rows, expression.expression_id, pseudo.frame_ids, refined)
+    return ChunkResult(summary, rows, full_refined, full_teacher)
 
 
-def _ranks(refined) -> dict[int, int]:
-    candidates = [d for d in refined.frames if d.source == "pseudo_label"]
-    candidates.sort(key=lambda d: (d.mean_entropy, d.frame_index))
-    return {d.frame_index: rank for rank, d in enumerate(candidates, start=1)}
+def _read(store, pseudo_uri: str, expression: Expression, video: Video) -> PseudoLabel:
+    pseudo = read_pseudo_label(store, expression.expression_id)
+    if pseudo.frame_ids != video.frame_ids:
+        raise StorageError(
+            f"{pseudo_uri}: expression {expression.expression_id} was labelled on other frames than video "
+            f"{video.video_id} has in the manifest (another ingest?); re-run infer on this manifest"
+        )
+    return pseudo
 
 
-def _full_report(refined: QualityCounts, teacher: QualityCounts) -> dict[str, float | None]:
-    """Chosen pseudo-labelled frames against full_annotations (None when there are none)."""
-    if teacher.total == 0:
-        return {}
+def _ground_truth(expression: Expression, video: Video, pseudo: PseudoLabel) -> dict[int, np.ndarray]:
+    """frame index -> (h, w) 0/1 mask of the expression's GT frames, resized (nearest) to the store's size."""
+    paths = SplitPaths(Path(video.dataset_root), expression.split)
+    position = {frame: t for t, frame in enumerate(pseudo.frame_ids)}
+    return {
+        position[frame]: _object_mask(paths.mask_path(expression.video_id, frame), expression, pseudo.prob.shape[1:])
+        for frame in expression.gt_frames
+    }
+
+
+def _object_mask(path: Path, expression: Expression, size: tuple[int, int]) -> np.ndarray:
+    """The expression's object in a palette PNG as a (h, w) 0/1 mask at the store's resolution."""
+    return resize_map(read_object_mask(str(path), expression.object_id), size)
+
+
+def _full_annotation_quality(
+    expression: Expression, video: Video, pseudo: PseudoLabel, refined: RefinedExpression
+) -> tuple[QualityCounts, QualityCounts]:
+    """Refined labels and raw teacher on the chosen pseudo-labelled frames vs full_annotations (zeros where
+    the split has none: a real dataset only has masks on its GT frames)."""
+    folder = SplitPaths(Path(video.dataset_root), expression.split).full_annotations / expression.video_id
+    scored_refined = scored_teacher = QualityCounts()
+    if not expression.object_id or not folder.is_dir():
+        return scored_refined, scored_teacher
+    size = pseudo.prob.shape[1:]
+    for t in refined.pseudo_frames:
+        mask = _object_mask(folder / f"{pseudo.frame_ids[t]}.png", expression, size)
+        scored_refined += pseudo_label_quality(refined.label[t], mask)
+        scored_teacher += teacher_quality(pseudo.prob[t], mask)
+    return scored_refined, scored_teacher
+
+
+def _add_rows(
+    rows: dict[str, list], expression_id: str, frame_ids: tuple[str, ...], refined: RefinedExpression
+) -> None:
+    """One FRAMES_SCHEMA row per frame decision; rank = place among the pseudo-labelled frames by mean entropy
+    (ties by frame index, as `refine_expression` orders them), null on GT frames."""
+    candidates = sorted(
+        (d for d in refined.frames if d.source == "pseudo_label"), key=lambda d: (d.mean_entropy, d.frame_index)
+    )
+    ranks = {d.frame_index: rank for rank, d in enumerate(candidates, start=1)}
+    for decision in refined.frames:
+        rows["expression_id"].append(expression_id)
+        rows["frame"].append(frame_ids[decision.frame_index])
+        rows["source"].append(decision.source)
+        rows["kept"].append(decision.kept)
+        rows["rank"].append(ranks.get(decision.frame_index))
+        rows["mean_entropy"].append(decision.mean_entropy)
+        rows["kept_ratio"].append(decision.kept_ratio)
+        rows["reason"].append(decision.reason)
+
+
+def _full_report(refined: QualityCounts, teacher: QualityCounts) -> dict[str, float | int | None]:
+    """The chosen pseudo-labelled frames against full_annotations; None where nothing was scored."""
     return {
         "pseudo_precision_full": refined.precision,
         "pseudo_recall_full": refined.recall,
@@ -176,5 +260,5 @@ def _full_report(refined: QualityCounts, teacher: QualityCounts) -> dict[str, fl
         "teacher_precision_full": teacher.precision,
         "teacher_recall_full": teacher.recall,
         "teacher_iou_full": teacher.iou,
-        "pixels_scored_full": float(teacher.total),
+        "pixels_scored_full": teacher.total,
     }
