@@ -154,7 +154,9 @@ def demo(
     from pipelines.report import round_curve
     from prvos_core.config import load_config
 
-    store = _run(load_config(CONFIGS / "demo.yaml", set_ or []), run_id, None, None, None)
+    demo_config = CONFIGS / "demo.yaml"
+    resolved = load_config(demo_config, [*_absolute_paths(demo_config, set_ or []), *(set_ or [])])
+    store = _run(resolved, run_id, None, None, None)
     out = Console()
     out.print(round_curve(store))
     out.print(

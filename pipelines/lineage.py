@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +118,9 @@ class Lineage:
 
         folder = outputs["expressions"][: outputs["expressions"].replace("\\", "/").rfind("/")]
         frame = _expressions_frame(read_manifest(folder))
-        dataset = mlflow.data.from_pandas(frame, source=outputs["expressions"], name="manifest.expressions")
+        with warnings.catch_warnings():  # mlflow's schema hints about integer columns and local sources
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(frame, source=outputs["expressions"], name="manifest.expressions")
         mlflow.set_tracking_uri(self.tracking_uri)
         with mlflow.start_run(run_id=self.parent_id):
             mlflow.log_input(dataset, context="ingest")
