@@ -1,11 +1,14 @@
 """Running a trained model over one expression's video: the code shared by teacher inference and evaluation.
 
 Frames are decoded and resized lazily, one at a time, and the model propagates frame by frame from the first
-frame (its ground-truth mask when asked and available, else the model's own prediction).
+frame (its ground-truth mask when asked and available, else the model's own prediction). Nothing here is
+random and the model runs in eval mode, so the same checkpoint, inputs, device and thread count give the
+same probabilities bit for bit.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
@@ -18,17 +21,37 @@ from prvos_core.frames import decode_frame, read_object_mask, resize_frame, resi
 from prvos_core.layout import SplitPaths
 from prvos_core.manifest import Expression, Video
 from prvos_core.model import URVOS, iter_propagate, load_checkpoint
+from prvos_core.model.checkpoint import EMA_FILE, MODEL_FILE, read_checkpoint_meta
+
+Weights = Literal["ema", "student"]
 
 
 def choose_device(gpus: float) -> torch.device:
+    """'cuda' when the caller was given GPUs and one is visible, else 'cpu'."""
     return torch.device("cuda" if gpus > 0 and torch.cuda.is_available() else "cpu")
 
 
-def load_predictor(checkpoint: str, weights: Literal["ema", "student"], device: torch.device) -> URVOS:
+def load_predictor(checkpoint: str, weights: Weights, device: torch.device) -> URVOS:
     """The model to run: the EMA teacher's weights when asked and saved, else the student's; in eval mode."""
     loaded = load_checkpoint(checkpoint, device=device)
     model = loaded.ema.model if weights == "ema" and loaded.ema is not None else loaded.model
     return model.eval()
+
+
+def predictor_identity(checkpoint: str, weights: Weights) -> str:
+    """Names the weights `load_predictor` would run: '<checkpoint>#<ema|student>:<sha256 prefix of the file>'.
+
+    The content hash tells a retrained checkpoint written to the same folder apart from the old one.
+    Raises CheckpointError (one line) when `checkpoint` is not a checkpoint folder.
+    """
+    read_checkpoint_meta(checkpoint)
+    folder = Path(checkpoint)
+    used = "ema" if weights == "ema" and (folder / EMA_FILE).is_file() else "student"
+    digest = hashlib.sha256()
+    with open(folder / (EMA_FILE if used == "ema" else MODEL_FILE), "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return f"{checkpoint}#{used}:{digest.hexdigest()[:16]}"
 
 
 class _LazyFrames:
@@ -44,6 +67,17 @@ class _LazyFrames:
         return torch.from_numpy(np.stack(frames)).float().div_(255)
 
 
+def _first_frame_mask(video: Video, expression: Expression, input_size: tuple[int, int]) -> torch.Tensor | None:
+    """The ground-truth mask (h, w) float {0, 1} of the video's first frame at `input_size` (nearest), or None
+    when that frame has no mask of this expression's object."""
+    first = video.frame_ids[0]
+    if first not in expression.gt_frames or not expression.object_id:
+        return None
+    paths = SplitPaths(Path(video.dataset_root), video.split)
+    mask = read_object_mask(str(paths.mask_path(video.video_id, first)), expression.object_id)
+    return torch.from_numpy(resize_map(mask, input_size)).float()
+
+
 def predict_expression(
     model: URVOS,
     video: Video,
@@ -57,21 +91,18 @@ def predict_expression(
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (frame index, foreground probability (h, w) float32 at `input_size`) for every frame of the video.
 
-    words (L, D), word_mask (L,) bool: the expression's cached token features.
+    model: in eval mode. words (L, D), word_mask (L,) bool: the expression's cached token features.
+    first_mask_from_gt: start from the first frame's ground-truth mask when it has one (frame 0 is then that
+    mask itself); else the model finds the object from the text alone.
     """
     paths = SplitPaths(Path(video.dataset_root), video.split)
-    frame_paths = [str(paths.frame_path(video.video_id, frame)) for frame in video.frame_ids]
-    first_mask = None
-    first = video.frame_ids[0]
-    if first_mask_from_gt and first in expression.gt_frames and expression.object_id:
-        mask = read_object_mask(str(paths.mask_path(video.video_id, first)), expression.object_id)
-        first_mask = torch.from_numpy(resize_map(mask, input_size))
-    frames = _LazyFrames(frame_paths, input_size)
+    frames = _LazyFrames([str(paths.frame_path(video.video_id, frame)) for frame in video.frame_ids], input_size)
+    first_mask = _first_frame_mask(video, expression, input_size) if first_mask_from_gt else None
     propagation = iter_propagate(model, frames, words, word_mask, first_mask, memory_frames)
     for index, prob in enumerate(propagation):
         yield index, prob.float().cpu().numpy()
 
 
 def upsample_prob(prob: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(h, w) probability -> (H, W) at the original frame size (bilinear)."""
+    """(h, w) float32 probability -> (H, W) at the original frame size `size` (bilinear)."""
     return cv2.resize(prob, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)

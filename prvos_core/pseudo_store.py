@@ -1,6 +1,7 @@
 """Zarr layouts of the teacher's pseudo-labels (infer output) and of the refined labels (refine output).
 
 ```
+<infer stage>/pseudo.zarr  attrs: inputs (digest of what the labels depend on, set by the infer stage)
 <infer stage>/pseudo.zarr/<expression_id>/prob          (T, H, W) uint8 (p * 255, rounded) or float16
 <infer stage>/pseudo.zarr/<expression_id>/uncertainty   (T, H, W) same dtype: normalised binary entropy
 <infer stage>/pseudo.zarr/<expression_id>  attrs: frame_ids, teacher, encoding, committed
@@ -10,7 +11,8 @@
 ```
 One chunk per frame, one writer per expression (Zarr loses data when two writers share a chunk). An
 expression counts only once its `committed` attribute is set, after all of its chunks are written, so an
-interrupted writer leaves nothing that a reader takes as done.
+interrupted writer leaves nothing that a reader takes as done. Beside the store, the infer stage's Parquet
+index (`INDEX_SCHEMA`) has one row per committed frame: mean entropy, foreground fraction, teacher, status.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import pyarrow as pa
 import zarr
 from zarr.codecs import ZstdCodec
 
+from prvos_core import storage
 from prvos_core.errors import StorageError
 from prvos_core.uncertainty import dequantize_unit, quantize_unit
 
@@ -49,6 +52,23 @@ def _encode(values: np.ndarray, encoding: Encoding) -> np.ndarray:
 
 def _decode(values: np.ndarray) -> np.ndarray:
     return dequantize_unit(values) if values.dtype == np.uint8 else values.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class FrameSummary:
+    """What the infer index says about one stored frame."""
+
+    mean_entropy: float  # mean normalised binary entropy over the frame's pixels
+    fg_fraction: float  # share of pixels with foreground probability > 0.5
+
+
+def summarize_frame(prob: np.ndarray, uncertainty: np.ndarray) -> FrameSummary:
+    """Summary of one decoded frame, prob and uncertainty (H, W) float32.
+
+    Writer and re-reader both call this on the stored (decoded) values, so an index rebuilt from the store
+    after a resume equals the one written during an uninterrupted run.
+    """
+    return FrameSummary(float(np.mean(uncertainty, dtype=np.float64)), float(np.mean(prob > 0.5, dtype=np.float64)))
 
 
 @dataclass(frozen=True)
@@ -80,9 +100,12 @@ class PseudoLabelWriter:
         }
         self.encoding, self.teacher = encoding, teacher
 
-    def write(self, index: int, prob: np.ndarray, uncertainty: np.ndarray) -> None:
-        self.arrays["prob"][index] = _encode(prob, self.encoding)
-        self.arrays["uncertainty"][index] = _encode(uncertainty, self.encoding)
+    def write(self, index: int, prob: np.ndarray, uncertainty: np.ndarray) -> FrameSummary:
+        """Store frame `index` (prob, uncertainty (H, W) in [0, 1]); returns the summary of what was stored."""
+        stored_prob, stored_uncertainty = _encode(prob, self.encoding), _encode(uncertainty, self.encoding)
+        self.arrays["prob"][index] = stored_prob
+        self.arrays["uncertainty"][index] = stored_uncertainty
+        return summarize_frame(_decode(stored_prob), _decode(stored_uncertainty))
 
     def commit(self) -> None:
         self.group.attrs.update(
@@ -189,9 +212,34 @@ FRAMES_SCHEMA = pa.schema(
 )
 
 
-def index_table(rows: dict[str, list]) -> pa.Table:
-    """The infer stage's Parquet index from column lists."""
-    return pa.table(rows, schema=INDEX_SCHEMA)
+def index_row(expression_id: str, frame: str, summary: FrameSummary, teacher: str) -> dict:
+    """One row of the infer index (INDEX_SCHEMA) for a committed frame."""
+    return {
+        "expression_id": expression_id,
+        "frame": frame,
+        "mean_entropy": summary.mean_entropy,
+        "fg_fraction": summary.fg_fraction,
+        "teacher": teacher,
+        "status": "committed",
+    }
+
+
+def stored_index_rows(label: PseudoLabel) -> list[dict]:
+    """The index rows of an expression already in the store, rebuilt from its arrays."""
+    return [
+        index_row(label.expression_id, frame, summarize_frame(label.prob[t], label.uncertainty[t]), label.teacher)
+        for t, frame in enumerate(label.frame_ids)
+    ]
+
+
+def write_index(uri: str, rows: list[dict]) -> None:
+    """Write the infer index atomically, sorted by expression and frame."""
+    ordered = sorted(rows, key=lambda row: (row["expression_id"], row["frame"]))
+    storage.write_parquet(uri, pa.Table.from_pylist(ordered, schema=INDEX_SCHEMA))
+
+
+def read_index(uri: str) -> pa.Table:
+    return storage.read_parquet(uri).cast(INDEX_SCHEMA)
 
 
 def frames_table(rows: dict[str, list]) -> pa.Table:

@@ -1,38 +1,47 @@
-"""Evaluate: a round's student on a split, by referring segmentation from the text alone.
+"""Evaluate: a round's student on a split, by referring segmentation from the text alone (by default).
 
-With ground truth: per-expression J, F, J&F (DAVIS-2017 definitions, at the original frame size) in a Parquet
-table, and the overall J, F, J&F, P@0.5..0.9 and overall IoU; with Ref-DAVIS17 annotator tags, also per
-annotator and their mean. Without ground truth (Ref-YouTube-VOS valid): the submission zip,
-`Annotations/<video>/<expression key>/<frame>.png`.
+The student's weights (not the EMA teacher's) run in the same Ray Data actor pool as infer; predictions are
+upsampled to the original frame size and thresholded at 0.5.
+
+With ground truth: per-expression J, F, J&F over the expression's annotated frames (DAVIS-2017 definitions) in
+a Parquet table, and the overall J, F, JF, P0.5..P0.9 and overall IoU (cumulative intersection over union,
+accumulated from per-expression counts); with Ref-DAVIS17 annotator tags, also J, F, JF per annotator and
+their mean. Metric names keep to what MLflow accepts ("J&F" -> "JF", "P@0.5" -> "P0.5").
+Without ground truth (Ref-YouTube-VOS valid): the submission zip, `Annotations/<video>/<exp_key>/<frame>.png`
+(single-channel 0/255 masks at the original size, every frame of every expression).
 """
 
 from __future__ import annotations
 
+import logging
 import os
-import shutil
 import tempfile
 import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pyarrow as pa
-import torch
-from PIL import Image
 
-from prvos_core import faults, storage
+from prvos_core import storage
 from prvos_core.config import EvaluateSection
+from prvos_core.errors import DataError
 from prvos_core.frames import read_object_mask
 from prvos_core.layout import SplitPaths
-from prvos_core.manifest import read_manifest
+from prvos_core.manifest import Expression, Video, read_manifest
 from prvos_core.metrics import evaluate_expression, summarize
-from prvos_core.predict import choose_device, load_predictor, predict_expression, upsample_prob
-from prvos_core.text_cache import TextCache
-from stages.model_pool import one_row_batch, run_pool
+from prvos_core.model.checkpoint import read_checkpoint_meta
+from prvos_core.predict import upsample_prob
+from stages.model_pool import ModelReplica, check_texts_cached, rows_batch, run_pool
 from stages.result import StageResult
 
+log = logging.getLogger("prvos")
+
 PER_EXPRESSION_FILE = "per_expression.parquet"
+METRICS_FILE = "metrics.json"
+SUBMISSION_FILE = "submission.zip"
 PER_EXPRESSION_SCHEMA = pa.schema(
     [
         ("expression_id", pa.string()),
@@ -44,7 +53,7 @@ PER_EXPRESSION_SCHEMA = pa.schema(
         ("J", pa.float64()),
         ("F", pa.float64()),
         ("JF", pa.float64()),
-        ("n_frames", pa.int32()),
+        ("n_frames", pa.int32()),  # annotated frames scored
     ]
 )
 
@@ -54,161 +63,186 @@ class EvaluateInputs:
     manifest_dir: str
     text_cache: str
     text_identity: str
-    checkpoint: str
+    checkpoint: str  # a checkpoint folder (prvos_core.model.save_checkpoint); its student weights run
     split: str
     out_dir: str
-    input_size: tuple[int, int]
+    input_size: tuple[int, int]  # (height, width) the model sees
     fingerprint: str = ""
     round_index: int | None = None
 
 
 def run(inputs: EvaluateInputs, cfg: EvaluateSection) -> StageResult:
     started = time.perf_counter()
-    expressions = read_manifest(inputs.manifest_dir).split_expressions(inputs.split)
-    with_gt = any(e.gt_frames for e in expressions)
-    staging = None if with_gt else tempfile.mkdtemp(prefix=".submission-", dir=_local_dir(inputs.out_dir))
-    ids = [e.expression_id for e in expressions if e.gt_frames or not with_gt]
-    rows = list(
-        run_pool(
-            StudentActor,
-            {"inputs": inputs, "cfg": cfg, "submission_dir": staging},
-            ids,
-            actors=cfg.actors,
-            cpus_per_actor=cfg.cpus_per_actor,
-            gpus_per_actor=cfg.gpus_per_actor,
-            stage="evaluate",
-            round_index=inputs.round_index,
-        )
+    manifest = read_manifest(inputs.manifest_dir)
+    expressions = manifest.split_expressions(inputs.split)
+    if not expressions:
+        raise DataError(f"split {inputs.split!r} has no expressions in the manifest {inputs.manifest_dir}")
+    read_checkpoint_meta(inputs.checkpoint)  # a missing checkpoint fails here in one line, not in every actor
+    check_texts_cached(inputs.text_cache, inputs.text_identity, expressions)
+    if not any(e.gt_frames for e in expressions):
+        return _submission(inputs, cfg, manifest.videos, expressions, started)
+
+    scored = [e for e in expressions if e.gt_frames]
+    if len(scored) < len(expressions):
+        log.info("evaluate: %d expressions have no annotated frame; not scored", len(expressions) - len(scored))
+    pool = run_pool(
+        StudentActor,
+        {"inputs": inputs, "cfg": cfg, "submission": False},
+        {e.expression_id: 1 for e in scored},
+        cfg,
+        stage="evaluate",
+        round_index=inputs.round_index,
     )
-    rows.sort(key=lambda row: row["expression_id"])
-    if not with_gt:
-        return _submission(inputs, staging, rows, started)
-    by_id = {e.expression_id: e for e in expressions}
-    table = pa.table(
-        {
-            "expression_id": [r["expression_id"] for r in rows],
-            "video_id": [by_id[r["expression_id"]].video_id for r in rows],
-            "exp_key": [by_id[r["expression_id"]].exp_key for r in rows],
-            "object_id": [by_id[r["expression_id"]].object_id for r in rows],
-            "annotator": [by_id[r["expression_id"]].annotator for r in rows],
-            "kind": [by_id[r["expression_id"]].kind for r in rows],
-            "J": [r["J"] for r in rows],
-            "F": [r["F"] for r in rows],
-            "JF": [(r["J"] + r["F"]) / 2 for r in rows],
-            "n_frames": [r["n_frames"] for r in rows],
-        },
-        schema=PER_EXPRESSION_SCHEMA,
-    )
+    scores = {row["expression_id"]: row for row in pool}
+    rows = [(e, scores[e.expression_id]) for e in sorted(scored, key=lambda e: e.expression_id)]
     table_uri = storage.join(inputs.out_dir, PER_EXPRESSION_FILE)
-    storage.write_parquet(table_uri, table)
-    metrics = overall_metrics(rows, [by_id[r["expression_id"]].annotator for r in rows])
-    metrics.update({"expressions": float(len(rows)), "seconds": time.perf_counter() - started})
-    metrics_uri = storage.join(inputs.out_dir, "metrics.json")
+    storage.write_parquet(table_uri, _per_expression_table(rows))
+    metrics = overall_metrics(rows)
+    metrics.update(
+        {
+            "expressions": float(len(rows)),
+            "unscored": float(len(expressions) - len(rows)),
+            "frames": float(sum(score["n_frames"] for _, score in rows)),
+            "seconds": time.perf_counter() - started,
+        }
+    )
+    metrics_uri = storage.join(inputs.out_dir, METRICS_FILE)
     storage.write_json(metrics_uri, metrics)
     return StageResult("evaluate", {"per_expression": table_uri, "metrics": metrics_uri}, metrics, inputs.fingerprint)
 
 
-def overall_metrics(rows: list[dict], annotators: list[int | None]) -> dict[str, float]:
-    """J, F, JF, P0.5..P0.9 and overall IoU over expressions; per annotator and their mean when tagged."""
-    table = summarize([r["J"] for r in rows], [r["F"] for r in rows])
-    metrics = {_safe(key): float(value) for key, value in table.items()}
-    union = sum(r["union"] for r in rows)
-    metrics["overall_iou"] = sum(r["intersection"] for r in rows) / union if union else 1.0
-    tagged = sorted({a for a in annotators if a is not None})
-    if tagged:
-        for annotator in tagged:
-            own = [r for r, a in zip(rows, annotators, strict=True) if a == annotator]
-            part = summarize([r["J"] for r in own], [r["F"] for r in own])
-            for key in ("J", "F", "J&F"):
-                metrics[f"{_safe(key)}_annotator{annotator}"] = float(part[key])
-        metrics["JF_annotator_mean"] = float(np.mean([metrics[f"JF_annotator{a}"] for a in tagged]))
+def overall_metrics(rows: list[tuple[Expression, dict]]) -> dict[str, float]:
+    """J, F, JF, P0.5..P0.9 and overall IoU over the scored expressions; per annotator and the mean over
+    annotators when the expressions are tagged (Ref-DAVIS17)."""
+    metrics = _table([score for _, score in rows])
+    intersection = sum(score["intersection"] for _, score in rows)
+    union = sum(score["union"] for _, score in rows)
+    # As prvos_core.metrics.overall_iou, from counts: an empty cumulative union scores 1.
+    metrics["overall_iou"] = intersection / union if union else 1.0
+    annotators = sorted({e.annotator for e, _ in rows if e.annotator is not None})
+    for annotator in annotators:
+        own = _table([score for e, score in rows if e.annotator == annotator])
+        for key in ("J", "F", "JF"):
+            metrics[f"{key}_annotator{annotator}"] = own[key]
+    if annotators:
+        for key in ("J", "F", "JF"):
+            metrics[f"{key}_annotator_mean"] = float(np.mean([metrics[f"{key}_annotator{a}"] for a in annotators]))
     return metrics
 
 
-def _safe(key: str) -> str:
-    return key.replace("J&F", "JF").replace("P@", "P")
+def _table(scores: list[dict]) -> dict[str, float]:
+    """prvos_core.metrics.summarize with MLflow-safe names."""
+    table = summarize([s["J"] for s in scores], [s["F"] for s in scores])
+    return {key.replace("J&F", "JF").replace("P@", "P"): float(value) for key, value in table.items()}
 
 
-class StudentActor:
-    """One student replica: predicts every frame of an expression from its text, then scores or saves it."""
-
-    def __init__(self, inputs: EvaluateInputs, cfg: EvaluateSection, submission_dir: str | None) -> None:
-        torch.set_num_threads(cfg.threads_per_actor)
-        self.inputs, self.cfg, self.submission_dir = inputs, cfg, submission_dir
-        self.device = choose_device(cfg.gpus_per_actor)
-        self.model = load_predictor(inputs.checkpoint, "student", self.device)
-        self.text = TextCache(inputs.text_cache, inputs.text_identity).load_all()
-        manifest = read_manifest(inputs.manifest_dir)
-        self.expressions = {e.expression_id: e for e in manifest.split_expressions(inputs.split)}
-        self.videos = {(v.split, v.video_id): v for v in manifest.videos}
-        self.calls = 0
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        return one_row_batch(self.score, batch)
-
-    def score(self, expression_id: str) -> dict:
-        faults.maybe_fail("evaluate.expression", self.calls)
-        self.calls += 1
-        expression = self.expressions[expression_id]
-        video = self.videos[(expression.split, expression.video_id)]
-        paths = SplitPaths(Path(video.dataset_root), video.split)
-        words, word_mask = self.text.lookup([expression.text])
-        gt_frames = set(expression.gt_frames)
-        predictions, truths = [], []
-        for index, prob in predict_expression(
-            self.model,
-            video,
-            expression,
-            words[0],
-            word_mask[0],
-            self.inputs.input_size,
-            first_mask_from_gt=self.cfg.first_frame_gt,
-            memory_frames=self.cfg.memory_frames,
-        ):
-            frame = video.frame_ids[index]
-            mask = (upsample_prob(prob, (video.height, video.width)) > 0.5).astype(np.uint8)
-            if self.submission_dir is not None:
-                folder = Path(self.submission_dir) / "Annotations" / video.video_id / expression.exp_key
-                folder.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(mask * 255).save(folder / f"{frame}.png")
-            elif frame in gt_frames:
-                predictions.append(mask)
-                truths.append(read_object_mask(str(paths.mask_path(video.video_id, frame)), expression.object_id))
-        if self.submission_dir is not None:
-            return {"expression_id": expression_id, "J": 0.0, "F": 0.0, "n_frames": len(video.frame_ids),
-                    "intersection": 0, "union": 0}  # fmt: skip
-        gt, pred = np.stack(truths), np.stack(predictions)
-        result = evaluate_expression(gt, pred, bound_th=self.cfg.bound_th)
-        return {
-            "expression_id": expression_id,
-            "J": float(result["J"]),
-            "F": float(result["F"]),
-            "n_frames": len(truths),
-            "intersection": int(np.logical_and(gt, pred).sum()),
-            "union": int(np.logical_or(gt, pred).sum()),
-        }
+def _per_expression_table(rows: list[tuple[Expression, dict]]) -> pa.Table:
+    return pa.Table.from_pylist(
+        [
+            {
+                "expression_id": e.expression_id,
+                "video_id": e.video_id,
+                "exp_key": e.exp_key,
+                "object_id": e.object_id,
+                "annotator": e.annotator,
+                "kind": e.kind,
+                "J": score["J"],
+                "F": score["F"],
+                "JF": (score["J"] + score["F"]) / 2,
+                "n_frames": score["n_frames"],
+            }
+            for e, score in rows
+        ],
+        schema=PER_EXPRESSION_SCHEMA,
+    )
 
 
-def _local_dir(uri: str) -> str:
-    if storage.is_local(uri):
-        os.makedirs(uri, exist_ok=True)
-        return uri
-    return tempfile.gettempdir()
-
-
-def _submission(inputs: EvaluateInputs, staging: str, rows: list[dict], started: float) -> StageResult:
-    """Zip the staged PNGs into the Ref-YouTube-VOS submission layout; the zip appears whole or not at all."""
-    with tempfile.TemporaryDirectory() as folder:
-        archive = Path(folder) / "submission.zip"
-        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
-            for path in sorted(Path(staging).rglob("*.png")):
-                bundle.write(path, path.relative_to(staging).as_posix())
-        uri = storage.join(inputs.out_dir, "submission.zip")
-        storage.write_bytes(uri, archive.read_bytes())
-    shutil.rmtree(staging, ignore_errors=True)
+def _submission(
+    inputs: EvaluateInputs, cfg: EvaluateSection, videos: tuple[Video, ...], expressions: list[Expression],
+    started: float,
+) -> StageResult:  # fmt: skip
+    """The Ref-YouTube-VOS submission zip. Actors send back each frame's PNG (a few KB), so no staging folder
+    has to be shared between nodes; the zip is built locally and published whole."""
+    frames = {(v.split, v.video_id): v.n_frames for v in videos}
+    rows_per_expression = {e.expression_id: frames[(e.split, e.video_id)] for e in expressions}
+    uri = storage.join(inputs.out_dir, SUBMISSION_FILE)
+    with tempfile.TemporaryDirectory(prefix="prvos-submission-") as folder:
+        archive = os.path.join(folder, SUBMISSION_FILE)
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as bundle:
+            pool = run_pool(
+                StudentActor,
+                {"inputs": inputs, "cfg": cfg, "submission": True},
+                rows_per_expression,
+                cfg,
+                stage="evaluate",
+                round_index=inputs.round_index,
+            )
+            written = 0
+            for row in pool:
+                # PNG is compressed already: stored, not deflated again.
+                bundle.writestr(row["path"], row["png"])
+                written += 1
+        storage.write_bytes(uri, Path(archive).read_bytes())
     metrics = {
-        "expressions": float(len(rows)),
-        "frames": float(sum(r["n_frames"] for r in rows)),
+        "expressions": float(len(expressions)),
+        "frames": float(written),
         "seconds": time.perf_counter() - started,
     }
     return StageResult("evaluate", {"submission": uri}, metrics, inputs.fingerprint)
+
+
+class StudentActor:
+    """One student replica: predicts every frame of an expression from its text, then scores it against the
+    ground truth or encodes its masks for the submission."""
+
+    def __init__(self, inputs: EvaluateInputs, cfg: EvaluateSection, submission: bool) -> None:
+        self.replica = ModelReplica(
+            inputs.manifest_dir, inputs.split, inputs.text_cache, inputs.text_identity, inputs.checkpoint,
+            "student", cfg,
+        )  # fmt: skip
+        self.inputs, self.cfg, self.submission = inputs, cfg, submission
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        return rows_batch(self.encode if self.submission else self.score, batch)
+
+    def masks(self, expression: Expression, video: Video):
+        """Yield (frame id, predicted mask (H, W) uint8 0/1 at the original size) for every frame."""
+        predictions = self.replica.predict(
+            expression, video, self.inputs.input_size, first_mask_from_gt=self.cfg.first_frame_gt
+        )
+        for index, prob in predictions:
+            yield video.frame_ids[index], (upsample_prob(prob, (video.height, video.width)) > 0.5).astype(np.uint8)
+
+    def score(self, expression_id: str) -> list[dict]:
+        """J and F over the expression's annotated frames, and its intersection and union pixel counts."""
+        expression, video = self.replica.records(expression_id, "evaluate.expression")
+        paths = SplitPaths(Path(video.dataset_root), video.split)
+        annotated = set(expression.gt_frames)
+        truths, predictions = [], []
+        for frame, mask in self.masks(expression, video):
+            if frame in annotated:
+                predictions.append(mask)
+                truths.append(read_object_mask(str(paths.mask_path(video.video_id, frame)), expression.object_id))
+        gt, pred = np.stack(truths).astype(bool), np.stack(predictions).astype(bool)
+        result = evaluate_expression(gt, pred, bound_th=self.cfg.bound_th)
+        return [
+            {
+                "expression_id": expression_id,
+                "J": result["J"],
+                "F": result["F"],
+                "n_frames": len(truths),
+                "intersection": int(np.count_nonzero(gt & pred)),
+                "union": int(np.count_nonzero(gt | pred)),
+            }
+        ]
+
+    def encode(self, expression_id: str) -> list[dict]:
+        """One row per frame: the mask's path in the submission and its single-channel 0/255 PNG."""
+        expression, video = self.replica.records(expression_id, "evaluate.expression")
+        rows = []
+        for frame, mask in self.masks(expression, video):
+            encoded, png = cv2.imencode(".png", mask * np.uint8(255))
+            assert encoded, "OpenCV encodes any uint8 (H, W) array as PNG"
+            path = f"Annotations/{video.video_id}/{expression.exp_key}/{frame}.png"
+            rows.append({"expression_id": expression_id, "path": path, "png": png.tobytes()})
+        return rows

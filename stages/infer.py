@@ -1,37 +1,47 @@
 """Infer: the round's teacher (EMA of the student) labels every frame of every expression of the train split.
 
-Per expression an actor propagates through the whole video and streams each frame's foreground probability
-and per-pixel uncertainty (binary entropy) into the Zarr pseudo-label store, one chunk per frame and one
-writer per expression, then commits the expression. A re-run skips committed expressions, so an interrupted
-infer redoes at most the expressions that were in flight. The Parquet index (one row per frame) is written
-last from the store's contents.
+Per expression an actor of the Ray Data pool propagates through the whole video and streams each frame's
+foreground probability and per-pixel uncertainty (binary entropy) into the Zarr pseudo-label store, one chunk
+per frame and one writer per expression, then commits the expression and returns one index row per frame.
+
+Resume: committed expressions are skipped (their index rows are rebuilt from the store) and an uncommitted one
+is rewritten from scratch, so an interrupted infer redoes at most the expressions that were in flight, and a
+re-run of a finished one does no model work. The store records a digest of what the labels depend on
+(teacher weights, settings, manifest); a store left by other inputs is started afresh, never mixed in.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import time
 from dataclasses import dataclass
 
 import numpy as np
-import torch
+import zarr
 
-from prvos_core import faults, storage
+from prvos_core import storage
 from prvos_core.config import InferSection
-from prvos_core.manifest import read_manifest
-from prvos_core.predict import choose_device, load_predictor, predict_expression
+from prvos_core.errors import DataError
+from prvos_core.manifest import Expression, Video, read_manifest
+from prvos_core.predict import predictor_identity
 from prvos_core.pseudo_store import (
     INDEX_FILE,
     PSEUDO_STORE,
     PseudoLabelWriter,
     committed_expressions,
-    index_table,
+    index_row,
     open_store,
     read_pseudo_label,
+    stored_index_rows,
+    write_index,
 )
-from prvos_core.text_cache import TextCache
 from prvos_core.uncertainty import binary_entropy
-from stages.model_pool import one_row_batch, run_pool
+from stages.model_pool import ModelReplica, check_texts_cached, rows_batch, run_pool
 from stages.result import StageResult
+
+log = logging.getLogger("prvos")
 
 
 @dataclass(frozen=True)
@@ -42,118 +52,121 @@ class InferInputs:
     checkpoint: str  # a checkpoint folder (prvos_core.model.save_checkpoint)
     split: str
     out_dir: str
-    input_size: tuple[int, int]
+    input_size: tuple[int, int]  # (height, width) the teacher sees; the store holds labels at this size
     fingerprint: str = ""
     round_index: int | None = None
 
 
 def run(inputs: InferInputs, cfg: InferSection) -> StageResult:
     started = time.perf_counter()
+    manifest = read_manifest(inputs.manifest_dir)
+    expressions = manifest.split_expressions(inputs.split)
+    if not expressions:
+        raise DataError(f"split {inputs.split!r} has no expressions in the manifest {inputs.manifest_dir}")
+    videos_by_key = {(v.split, v.video_id): v for v in manifest.videos}
+    videos = {e.expression_id: videos_by_key[(e.split, e.video_id)] for e in expressions}
+    teacher = predictor_identity(inputs.checkpoint, cfg.teacher)
+    check_texts_cached(inputs.text_cache, inputs.text_identity, expressions)
+
     store_uri = storage.join(inputs.out_dir, PSEUDO_STORE)
-    store = open_store(store_uri)
-    expressions = read_manifest(inputs.manifest_dir).split_expressions(inputs.split)
-    done = committed_expressions(store)
-    todo = [e.expression_id for e in expressions if e.expression_id not in done]
-    frames_done = sum(
-        1
-        for _ in run_pool(
+    store = _store_for(store_uri, _inputs_digest(inputs, cfg, teacher, expressions, videos))
+    done = committed_expressions(store) & set(videos)
+    todo = {e.expression_id: videos[e.expression_id].n_frames for e in expressions if e.expression_id not in done}
+    pool_started = time.perf_counter()
+    rows = list(
+        run_pool(
             TeacherActor,
-            {"inputs": inputs, "cfg": cfg},
+            {"inputs": inputs, "cfg": cfg, "teacher": teacher},
             todo,
-            actors=cfg.actors,
-            cpus_per_actor=cfg.cpus_per_actor,
-            gpus_per_actor=cfg.gpus_per_actor,
+            cfg,
             stage="infer",
             round_index=inputs.round_index,
         )
     )
-    seconds = time.perf_counter() - started
-    rows = _index_rows(store, [e.expression_id for e in expressions])
+    pool_seconds = time.perf_counter() - pool_started
+    for expression_id in sorted(done):
+        rows += stored_index_rows(read_pseudo_label(store, expression_id))
     index_uri = storage.join(inputs.out_dir, INDEX_FILE)
-    storage.write_parquet(index_uri, index_table(rows))
-    frames = len(rows["frame"])
+    write_index(index_uri, rows)
+
+    computed_frames = sum(todo.values())
     store_bytes = _bytes(store_uri)
-    new_frames = sum(len(e.all_frames) for e in expressions if e.expression_id in set(todo))
     metrics = {
         "expressions": float(len(expressions)),
-        "computed": float(frames_done),
-        "skipped": float(len(expressions) - len(todo)),
-        "frames": float(frames),
-        "frames_per_second": new_frames / seconds if seconds > 0 else 0.0,
-        "seconds": seconds,
+        "computed": float(len(todo)),
+        "skipped": float(len(done)),
+        "frames": float(len(rows)),
+        "frames_per_second": computed_frames / pool_seconds if computed_frames else 0.0,
+        "seconds": time.perf_counter() - started,
         "store_bytes": float(store_bytes),
-        "bytes_per_frame": store_bytes / frames if frames else 0.0,
+        "bytes_per_frame": store_bytes / len(rows),
     }
     return StageResult("infer", {"pseudo": store_uri, "index": index_uri}, metrics, inputs.fingerprint)
 
 
 class TeacherActor:
-    """One teacher replica: loads the checkpoint and the text cache once, labels one expression per call."""
+    """One teacher replica: labels one expression per call, streaming its frames into the store."""
 
-    def __init__(self, inputs: InferInputs, cfg: InferSection) -> None:
-        # One Ray CPU per actor: more torch threads than that oversubscribes the cores the other actors use.
-        torch.set_num_threads(cfg.threads_per_actor)
-        self.inputs, self.cfg = inputs, cfg
-        self.device = choose_device(cfg.gpus_per_actor)
-        self.model = load_predictor(inputs.checkpoint, cfg.teacher, self.device)
-        self.text = TextCache(inputs.text_cache, inputs.text_identity).load_all()
-        manifest = read_manifest(inputs.manifest_dir)
-        self.expressions = {e.expression_id: e for e in manifest.split_expressions(inputs.split)}
-        self.videos = {(v.split, v.video_id): v for v in manifest.videos}
+    def __init__(self, inputs: InferInputs, cfg: InferSection, teacher: str) -> None:
+        self.replica = ModelReplica(
+            inputs.manifest_dir, inputs.split, inputs.text_cache, inputs.text_identity, inputs.checkpoint,
+            cfg.teacher, cfg,
+        )  # fmt: skip
+        self.inputs, self.cfg, self.teacher = inputs, cfg, teacher
         self.store = open_store(storage.join(inputs.out_dir, PSEUDO_STORE))
-        self.calls = 0
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        return one_row_batch(self.label, batch)
+        return rows_batch(self.label, batch)
 
-    def label(self, expression_id: str) -> dict:
-        faults.maybe_fail("infer.expression", self.calls)
-        self.calls += 1
-        expression = self.expressions[expression_id]
-        video = self.videos[(expression.split, expression.video_id)]
-        words, word_mask = self.text.lookup([expression.text])
-        writer = PseudoLabelWriter(
-            self.store,
-            expression_id,
-            video.frame_ids,
-            self.inputs.input_size,
-            self.inputs.checkpoint,
-            self.cfg.encoding,
-        )
-        for index, prob in predict_expression(
-            self.model,
-            video,
-            expression,
-            words[0],
-            word_mask[0],
-            self.inputs.input_size,
-            first_mask_from_gt=self.cfg.first_frame_gt,
-            memory_frames=self.cfg.memory_frames,
-        ):
-            writer.write(index, prob, binary_entropy(prob))
+    def label(self, expression_id: str) -> list[dict]:
+        """Write every frame of one expression, commit it, and return its index rows (one per frame)."""
+        expression, video = self.replica.records(expression_id, "infer.expression")
+        size = self.inputs.input_size
+        # A new writer replaces whatever an interrupted run left of this expression.
+        writer = PseudoLabelWriter(self.store, expression_id, video.frame_ids, size, self.teacher, self.cfg.encoding)
+        rows = []
+        for index, prob in self.replica.predict(expression, video, size, first_mask_from_gt=self.cfg.first_frame_gt):
+            summary = writer.write(index, prob, binary_entropy(prob))
+            rows.append(index_row(expression_id, video.frame_ids[index], summary, self.teacher))
         writer.commit()
-        return {"expression_id": expression_id, "frames": len(video.frame_ids)}
+        return rows
 
 
-def _index_rows(store, expression_ids: list[str]) -> dict[str, list]:
-    """One index row per frame, computed from what the store holds (so a resumed run indexes everything)."""
-    rows: dict[str, list] = {
-        k: [] for k in ("expression_id", "frame", "mean_entropy", "fg_fraction", "teacher", "status")
+def _inputs_digest(
+    inputs: InferInputs, cfg: InferSection, teacher: str, expressions: list[Expression], videos: dict[str, Video]
+) -> str:
+    """Digest of everything the stored labels depend on; pool sizes and threads are left out, so a resume
+    may use other resources."""
+    content = {
+        "teacher": teacher,
+        "input_size": list(inputs.input_size),
+        "text_identity": inputs.text_identity,
+        "encoding": cfg.encoding,
+        "memory_frames": cfg.memory_frames,
+        "first_frame_gt": cfg.first_frame_gt,
+        "expressions": sorted(
+            [e.expression_id, e.text, e.object_id, list(e.gt_frames), list(videos[e.expression_id].frame_ids)]
+            for e in expressions
+        ),
     }
-    for expression_id in sorted(expression_ids):
-        label = read_pseudo_label(store, expression_id)
-        entropy = label.uncertainty.reshape(len(label.frame_ids), -1).mean(axis=1)
-        foreground = (label.prob > 0.5).reshape(len(label.frame_ids), -1).mean(axis=1)
-        for t, frame in enumerate(label.frame_ids):
-            rows["expression_id"].append(expression_id)
-            rows["frame"].append(frame)
-            rows["mean_entropy"].append(float(entropy[t]))
-            rows["fg_fraction"].append(float(foreground[t]))
-            rows["teacher"].append(label.teacher)
-            rows["status"].append("committed")
-    return rows
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def _store_for(uri: str, digest: str) -> zarr.Group:
+    """The pseudo-label store at `uri` for inputs with `digest`: resumed when it was written for them, else
+    started afresh (an interrupted infer whose teacher, settings or manifest changed since)."""
+    store = open_store(uri)
+    if store.attrs.get("inputs") == digest:
+        return store
+    if any(True for _ in store.group_keys()):
+        log.warning("infer: %s holds labels of other inputs (teacher, settings or manifest); starting afresh", uri)
+        storage.remove(uri)
+        store = open_store(uri)
+    store.attrs["inputs"] = digest
+    return store
 
 
 def _bytes(uri: str) -> int:
+    """Bytes on disk of everything under `uri`."""
     fs, path = storage.filesystem(uri)
-    return int(sum(fs.du(path, total=False).values())) if fs.exists(path) else 0
+    return int(sum(fs.du(path, total=False).values()))

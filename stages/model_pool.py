@@ -1,65 +1,105 @@
 """Running a checkpoint over many expressions on Ray Data: an actor pool of model replicas.
 
-Each actor loads the model and the text cache once, then handles one expression per call and returns one
-small row per expression (big arrays go to storage from inside the actor, never through the object store).
-Used by the infer stage (teacher -> pseudo-label store) and the evaluate stage (student -> metrics).
+Infer (teacher -> pseudo-label store) and evaluate (student -> scores or submission masks) both map a dataset
+of expression ids through a pool of actors. Each actor holds one `ModelReplica` (the model, the text cache in
+memory and the manifest's records), built once, and handles one expression per call; what it returns are
+small rows (big arrays go to storage from inside the actor, never through the object store).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+import os
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import ray
 import ray.data
+import ray.exceptions
+import torch
 
 from prvos_core import faults
+from prvos_core.config import EvaluateSection, InferSection
+from prvos_core.errors import UserError
+from prvos_core.manifest import Expression, Video, read_manifest
+from prvos_core.predict import Weights, choose_device, load_predictor, predict_expression
 from prvos_core.progress import progress_bar
+from prvos_core.text_cache import TextCache, TextNotCachedError
 
-log = logging.getLogger("prvos")
 
-
-def quiet_ray_data() -> None:
-    """Ray Data's own progress bars and plan printing flood non-terminal logs; stages show their own."""
+def configure_ray_data() -> None:
+    """Ray Data's own progress bars and plan printing flood non-terminal logs (the stages show their own);
+    a failing actor should surface the original error (a one-line DataError, say), not a wrapper."""
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.enable_operator_progress_bars = False
     context.print_on_execution_start = False
     context.enable_auto_log_stats = False
+    context.raise_original_map_exception = True
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # It warns, once per process, that the bars are off: they are off on purpose.
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+
+
+def check_texts_cached(text_cache: str, text_identity: str, expressions: list[Expression]) -> None:
+    """Fail in the driver, in one line, before any actor starts, when an expression's text has no cache row."""
+    cache = TextCache(text_cache, text_identity)
+    missing = sorted({e.text for e in expressions if e.text not in cache})
+    if missing:
+        raise TextNotCachedError(missing[0], len(missing), cache.location)
 
 
 def run_pool(
     actor: type,
     constructor_kwargs: dict[str, Any],
-    expression_ids: list[str],
+    rows_per_expression: Mapping[str, int],
+    cfg: InferSection | EvaluateSection,
     *,
-    actors: int,
-    cpus_per_actor: float,
-    gpus_per_actor: float,
     stage: str,
     round_index: int | None,
 ) -> Iterator[dict[str, Any]]:
-    """Yield one result row per expression as the pool finishes them (order not guaranteed)."""
-    if not expression_ids:
+    """Yield the rows the actors return, as they finish (order not guaranteed).
+
+    rows_per_expression: expression id -> how many rows its call returns; an expression counts as done for
+    the progress bar once all of them arrived.
+    """
+    if not rows_per_expression:
         return
-    quiet_ray_data()
-    dataset = ray.data.from_items([{"expression_id": e} for e in expression_ids]).map_batches(
+    configure_ray_data()
+    ids = sorted(rows_per_expression)
+    dataset = ray.data.from_items([{"expression_id": e} for e in ids]).map_batches(
         actor,
         fn_constructor_kwargs=constructor_kwargs,
-        compute=ray.data.ActorPoolStrategy(size=min(actors, len(expression_ids))),
-        num_cpus=cpus_per_actor,
-        num_gpus=gpus_per_actor,
+        compute=ray.data.ActorPoolStrategy(size=min(cfg.actors, len(ids))),
+        num_cpus=cfg.cpus_per_actor,
+        num_gpus=cfg.gpus_per_actor,
         batch_size=1,
         batch_format="numpy",
         runtime_env=fault_runtime_env(),
     )
-    with progress_bar(stage, total=len(expression_ids), unit="expr", round_index=round_index) as bar:
-        for row in dataset.iter_rows():
-            bar.update(1)
-            yield {key: _plain(value) for key, value in row.items()}
+    arrived = dict.fromkeys(ids, 0)
+    with progress_bar(stage, total=len(ids), unit="expr", round_index=round_index) as bar:
+        rows = iter(dataset.iter_rows())
+        try:
+            for row in rows:
+                row = {key: _plain(value) for key, value in row.items()}
+                arrived[row["expression_id"]] += 1
+                if arrived[row["expression_id"]] == rows_per_expression[row["expression_id"]]:
+                    bar.update(1)
+                yield row
+        except ray.exceptions.RayTaskError as error:
+            # A problem the user can fix (a frame gone since ingest, say) reaches them as its own line, not
+            # wrapped in the actor's traceback.
+            if isinstance(error.cause, UserError):
+                raise _own_line(error.cause) from None
+            raise
+        finally:
+            # Closing the iterator shuts the actor pool down now; left to garbage collection (a traceback
+            # kept by the caller holds it), its actors would keep their CPUs and starve the next stage.
+            close = getattr(rows, "close", None)
+            if close is not None:
+                close()
 
 
 def fault_runtime_env() -> dict | None:
@@ -68,10 +108,70 @@ def fault_runtime_env() -> dict | None:
     return {"env_vars": variables} if variables else None
 
 
-def one_row_batch(handle: Callable[[str], dict[str, Any]], batch: dict[str, np.ndarray]) -> dict[str, list]:
-    """Ray Data batch of expression ids -> the batch of their result rows (list-valued columns allowed)."""
-    rows = [handle(str(expression_id)) for expression_id in batch["expression_id"]]
+class ModelReplica:
+    """What each actor of a pool holds: one model, the text cache in memory and the manifest's records."""
+
+    def __init__(
+        self,
+        manifest_dir: str,
+        split: str,
+        text_cache: str,
+        text_identity: str,
+        checkpoint: str,
+        weights: Weights,
+        cfg: InferSection | EvaluateSection,
+    ) -> None:
+        # Ray gives each actor cpus_per_actor cores, but torch would start one thread per core of the node:
+        # 2 actors x N threads on 2 cores oversubscribe and run slower than 1 thread each.
+        torch.set_num_threads(cfg.threads_per_actor)
+        # Same checkpoint and inputs -> the same stored bytes, on GPU too (deterministic cuDNN and cuBLAS
+        # kernels; cuBLAS reads its workspace setting when CUDA starts, so before the model moves there).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        self.cfg = cfg
+        self.model = load_predictor(checkpoint, weights, choose_device(cfg.gpus_per_actor))
+        self.text = TextCache(text_cache, text_identity).load_all()
+        manifest = read_manifest(manifest_dir)
+        self.expressions = {e.expression_id: e for e in manifest.split_expressions(split)}
+        self.videos = {(v.split, v.video_id): v for v in manifest.videos}
+        self.calls = 0
+
+    def records(self, expression_id: str, fault_point: str) -> tuple[Expression, Video]:
+        """The expression and its video; counts the call for injected faults (tests of resume)."""
+        faults.maybe_fail(fault_point, self.calls)
+        self.calls += 1
+        expression = self.expressions[expression_id]
+        return expression, self.videos[(expression.split, expression.video_id)]
+
+    def predict(
+        self, expression: Expression, video: Video, input_size: tuple[int, int], *, first_mask_from_gt: bool
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """(frame index, probability (h, w) float32 at `input_size`) for every frame of the video."""
+        words, word_mask = self.text.lookup([expression.text])
+        return predict_expression(
+            self.model,
+            video,
+            expression,
+            words[0],
+            word_mask[0],
+            input_size,
+            first_mask_from_gt=first_mask_from_gt,
+            memory_frames=self.cfg.memory_frames,
+        )
+
+
+def rows_batch(handle: Callable[[str], list[dict[str, Any]]], batch: dict[str, np.ndarray]) -> dict[str, list]:
+    """Ray Data batch of expression ids -> the column batch of the rows `handle` returns for each of them."""
+    rows = [row for expression_id in batch["expression_id"] for row in handle(str(expression_id))]
+    assert rows, "every expression has at least one frame"
     return {key: [row[key] for row in rows] for key in rows[0]}
+
+
+def _own_line(error: UserError) -> UserError:
+    """A user error's message is one line; Ray Data appends retry advice to it, which is dropped here."""
+    if error.args and isinstance(error.args[0], str):
+        error.args = (error.args[0].split("\n", 1)[0], *error.args[1:])
+    return error
 
 
 def _plain(value: Any) -> Any:

@@ -1,0 +1,162 @@
+"""Tests of prvos_core.predict: which weights run, lazy frame decoding, the first-frame ground-truth start, and
+bilinear upsampling, on a tiny synthetic video and a seeded random tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import prvos_core.predict as predict
+from prvos_core.frames import decode_frame, resize_frame
+from prvos_core.manifest import Expression, Video
+from prvos_core.model import EmaTeacher, build_model, propagate, save_checkpoint
+from prvos_core.predict import choose_device, load_predictor, predict_expression, predictor_identity, upsample_prob
+from prvos_core.synth import generate_synthetic
+
+SIZE = (32, 32)
+TEXT_DIM = 16
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory) -> Video:
+    root = tmp_path_factory.mktemp("synth") / "data"
+    generate_synthetic(root, videos=1, valid_videos=1, frames=6, size=(48, 48), label_every=5, seed=7)
+    frames = tuple(f"{t:05d}" for t in range(6))
+    meta = json.loads((root / "train" / "meta.json").read_text())
+    assert meta["videos"]["synth0000"]["objects"]["1"]["frames"] == ["00000", "00005"]  # what the records say
+    return Video("synth0000", "train", str(root), frames, ("00000", "00005"), 48, 48)
+
+
+def _expression(video: Video, object_id: str = "1", gt_frames: tuple[str, ...] = ("00000", "00005")) -> Expression:
+    return Expression("e1", "0", "train", video.video_id, object_id, "triangle", "the yellow triangle", gt_frames,
+                      video.frame_ids)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def models() -> tuple[torch.nn.Module, torch.nn.Module]:
+    """A student and an EMA teacher whose weights differ everywhere, both seeded."""
+    torch.manual_seed(0)
+    student = build_model("tiny", text_dim=TEXT_DIM, pretrained=False)
+    teacher = EmaTeacher(student, decay=0.5)
+    with torch.no_grad():
+        for parameter in teacher.model.parameters():
+            parameter.add_(0.05)
+    return student, teacher
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, models) -> str:
+    student, teacher = models
+    folder = tmp_path_factory.mktemp("ckpt") / "checkpoint"
+    return str(save_checkpoint(folder, student, ema=teacher, meta={"epoch": 0, "step": 0, "round": 0}))
+
+
+@pytest.fixture
+def text() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    words = torch.randn(6, TEXT_DIM, generator=generator)
+    return words, torch.tensor([True, True, True, True, False, False])
+
+
+def _same_weights(left: torch.nn.Module, right: torch.nn.Module) -> bool:
+    right_state = right.state_dict()
+    return all(torch.equal(value, right_state[key]) for key, value in left.state_dict().items())
+
+
+def test_the_ema_teacher_runs_when_asked_and_saved_else_the_student(tmp_path, models, checkpoint):
+    student, teacher = models
+    ema = load_predictor(checkpoint, "ema", torch.device("cpu"))
+    raw = load_predictor(checkpoint, "student", torch.device("cpu"))
+    assert not ema.training and not raw.training
+    assert _same_weights(ema, teacher.model) and not _same_weights(ema, student)
+    assert _same_weights(raw, student)
+    without_ema = str(save_checkpoint(tmp_path / "plain", student, meta={"epoch": 0, "step": 0, "round": 0}))
+    assert _same_weights(load_predictor(without_ema, "ema", torch.device("cpu")), student)
+
+
+def test_the_predictor_identity_names_the_weights_file_that_runs(tmp_path, models, checkpoint):
+    student, teacher = models
+    assert predictor_identity(checkpoint, "ema").startswith(f"{checkpoint}#ema:")
+    assert predictor_identity(checkpoint, "student").startswith(f"{checkpoint}#student:")
+    plain = tmp_path / "plain"
+    save_checkpoint(plain, student, meta={"epoch": 0, "step": 0, "round": 0})
+    assert predictor_identity(str(plain), "ema") == predictor_identity(str(plain), "student")
+    before = predictor_identity(str(plain), "student")
+    save_checkpoint(plain, teacher.model, meta={"epoch": 1, "step": 5, "round": 0})  # retrained, same folder
+    assert predictor_identity(str(plain), "student") != before
+
+
+def test_predictions_equal_propagation_over_eagerly_decoded_frames(video, models, text, one_torch_thread):
+    student, _ = models
+    words, word_mask = text
+    paths = [f"{video.dataset_root}/train/JPEGImages/{video.video_id}/{frame}.jpg" for frame in video.frame_ids]
+    frames = torch.from_numpy(np.stack([resize_frame(decode_frame(p), SIZE) for p in paths])).float() / 255
+    expected = propagate(student.eval(), frames, words, word_mask, None, 2).numpy()
+    got = list(predict_expression(student, video, _expression(video), words, word_mask, SIZE,
+                                  first_mask_from_gt=False, memory_frames=2))  # fmt: skip
+    assert [index for index, _ in got] == list(range(6))
+    assert all(prob.dtype == np.float32 and prob.shape == SIZE for _, prob in got)
+    np.testing.assert_array_equal(np.stack([prob for _, prob in got]), expected)
+
+
+def test_the_first_frame_starts_from_its_ground_truth_mask(video, models, text, one_torch_thread):
+    student, _ = models
+    words, word_mask = text
+    # Independent of prvos_core's mask reader: palette index == object id, then nearest resize.
+    ids = np.array(Image.open(f"{video.dataset_root}/train/Annotations/{video.video_id}/00000.png"))
+    gt = cv2.resize((ids == 1).astype(np.uint8), SIZE[::-1], interpolation=cv2.INTER_NEAREST).astype(np.float32)
+    assert 0 < gt.sum() < gt.size
+
+    def run(expression: Expression, from_gt: bool) -> np.ndarray:
+        frames = predict_expression(student, video, expression, words, word_mask, SIZE,
+                                    first_mask_from_gt=from_gt, memory_frames=2)  # fmt: skip
+        return np.stack([prob for _, prob in frames])
+
+    started = run(_expression(video), True)
+    np.testing.assert_array_equal(started[0], gt)
+    text_only = run(_expression(video), False)
+    assert not np.array_equal(started[1:], text_only[1:])  # the mask in memory steers the later frames
+    # No start from ground truth when the first frame has no mask of this object, or no object is named.
+    np.testing.assert_array_equal(run(_expression(video, gt_frames=("00005",)), True), text_only)
+    np.testing.assert_array_equal(run(_expression(video, object_id=""), True), text_only)
+
+
+def test_frames_are_decoded_one_at_a_time_as_the_model_asks(video, models, text, monkeypatch):
+    student, _ = models
+    decoded = []
+
+    def counting_decode(uri: str) -> np.ndarray:
+        decoded.append(uri)
+        return decode_frame(uri)
+
+    monkeypatch.setattr(predict, "decode_frame", counting_decode)
+    frames = predict_expression(student, video, _expression(video), *text, SIZE, first_mask_from_gt=False,
+                                memory_frames=2)  # fmt: skip
+    next(frames)
+    assert len(decoded) == 1
+    next(frames)
+    assert len(decoded) == 2
+    assert len(list(frames)) == 4 and [u.rsplit("/", 1)[1] for u in decoded] == [f"{t:05d}.jpg" for t in range(6)]
+
+
+def test_upsampling_is_bilinear_at_the_original_size():
+    prob = np.array([[0.0, 1.0], [1.0, 0.0]], dtype=np.float32)
+    big = upsample_prob(prob, (4, 6))
+    assert big.shape == (4, 6) and big.dtype == np.float32
+    assert 0.0 <= big.min() and big.max() <= 1.0
+    # Exact bilinear weights at half-pixel centres: x2 vertically gives 0.75/0.25 mixes of the two rows.
+    np.testing.assert_allclose(big[:, 0], [0.0, 0.25, 0.75, 1.0], atol=1e-6)
+    # Thresholded at 0.5 it is the nearest-neighbour enlargement of the 2 x 2 pattern.
+    nearest = np.kron(prob, np.ones((2, 3), dtype=np.float32))
+    np.testing.assert_array_equal(big > 0.5, nearest > 0.5)
+    np.testing.assert_allclose(upsample_prob(np.full((3, 3), 0.3, np.float32), (7, 5)), np.full((7, 5), 0.3), atol=1e-6)
+
+
+def test_the_device_is_cuda_only_when_gpus_are_given_and_visible():
+    assert choose_device(0.0) == torch.device("cpu")
+    assert choose_device(1.0) == torch.device("cuda" if torch.cuda.is_available() else "cpu")
