@@ -121,9 +121,9 @@ class Lineage:
         with warnings.catch_warnings():  # mlflow's schema hints about integer columns and local sources
             warnings.simplefilter("ignore", UserWarning)
             dataset = mlflow.data.from_pandas(frame, source=outputs["expressions"], name="manifest.expressions")
-        mlflow.set_tracking_uri(self.tracking_uri)
-        with mlflow.start_run(run_id=self.parent_id):
-            mlflow.log_input(dataset, context="ingest")
+            mlflow.set_tracking_uri(self.tracking_uri)
+            with mlflow.start_run(run_id=self.parent_id):
+                mlflow.log_input(dataset, context="ingest")
         self.client.update_run(self.parent_id, status="RUNNING")
         self.state["manifest_logged"] = True
         self._save()
