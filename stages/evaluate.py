@@ -18,7 +18,6 @@ import os
 import tempfile
 import time
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -34,7 +33,7 @@ from prvos_core.manifest import Expression, Video, read_manifest
 from prvos_core.metrics import evaluate_expression, summarize
 from prvos_core.model.checkpoint import read_checkpoint_meta
 from prvos_core.predict import upsample_prob
-from stages.model_pool import ModelReplica, check_texts_cached, rows_batch, run_pool
+from stages.model_pool import ModelInputs, ModelReplica, check_texts_cached, rows_batch, run_pool
 from stages.result import StageResult
 
 log = logging.getLogger("prvos")
@@ -58,17 +57,7 @@ PER_EXPRESSION_SCHEMA = pa.schema(
 )
 
 
-@dataclass(frozen=True)
-class EvaluateInputs:
-    manifest_dir: str
-    text_cache: str
-    text_identity: str
-    checkpoint: str  # a checkpoint folder (prvos_core.model.save_checkpoint); its student weights run
-    split: str
-    out_dir: str
-    input_size: tuple[int, int]  # (height, width) the model sees
-    fingerprint: str = ""
-    round_index: int | None = None
+EvaluateInputs = ModelInputs  # the same fields as the other model stage; named for readers of this stage
 
 
 def run(inputs: EvaluateInputs, cfg: EvaluateSection) -> StageResult:

@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import zarr
@@ -38,23 +37,13 @@ from prvos_core.pseudo_store import (
     write_index,
 )
 from prvos_core.uncertainty import binary_entropy
-from stages.model_pool import ModelReplica, check_texts_cached, rows_batch, run_pool
+from stages.model_pool import ModelInputs, ModelReplica, check_texts_cached, rows_batch, run_pool
 from stages.result import StageResult
 
 log = logging.getLogger("prvos")
 
 
-@dataclass(frozen=True)
-class InferInputs:
-    manifest_dir: str
-    text_cache: str
-    text_identity: str
-    checkpoint: str  # a checkpoint folder (prvos_core.model.save_checkpoint)
-    split: str
-    out_dir: str
-    input_size: tuple[int, int]  # (height, width) the teacher sees; the store holds labels at this size
-    fingerprint: str = ""
-    round_index: int | None = None
+InferInputs = ModelInputs  # the same fields as the other model stage; named for readers of this stage
 
 
 def run(inputs: InferInputs, cfg: InferSection) -> StageResult:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,21 @@ from prvos_core.manifest import Expression, Video, read_manifest
 from prvos_core.predict import Weights, choose_device, load_predictor, predict_expression
 from prvos_core.progress import progress_bar
 from prvos_core.text_cache import TextCache, TextNotCachedError
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """What infer and evaluate run: a checkpoint over every expression of a split of the manifest."""
+
+    manifest_dir: str
+    text_cache: str
+    text_identity: str
+    checkpoint: str  # a checkpoint folder (prvos_core.model.save_checkpoint)
+    split: str
+    out_dir: str
+    input_size: tuple[int, int]  # (height, width) the model sees; infer stores labels at this size
+    fingerprint: str = ""
+    round_index: int | None = None
 
 
 def configure_ray_data() -> None:
