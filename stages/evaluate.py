@@ -26,14 +26,12 @@ import pyarrow as pa
 
 from prvos_core import storage
 from prvos_core.config import EvaluateSection
-from prvos_core.errors import DataError
 from prvos_core.frames import read_object_mask
 from prvos_core.layout import SplitPaths
-from prvos_core.manifest import Expression, Video, read_manifest
+from prvos_core.manifest import Expression, Video
 from prvos_core.metrics import evaluate_expression, summarize
-from prvos_core.model.checkpoint import read_checkpoint_meta
 from prvos_core.predict import upsample_prob
-from stages.model_pool import ModelInputs, ModelReplica, check_texts_cached, rows_batch, run_pool
+from stages.model_pool import ModelInputs, ModelReplica, prepare, rows_batch, run_pool
 from stages.result import StageResult
 
 log = logging.getLogger("prvos")
@@ -62,12 +60,7 @@ EvaluateInputs = ModelInputs  # the same fields as the other model stage; named 
 
 def run(inputs: EvaluateInputs, cfg: EvaluateSection) -> StageResult:
     started = time.perf_counter()
-    manifest = read_manifest(inputs.manifest_dir)
-    expressions = manifest.split_expressions(inputs.split)
-    if not expressions:
-        raise DataError(f"split {inputs.split!r} has no expressions in the manifest {inputs.manifest_dir}")
-    read_checkpoint_meta(inputs.checkpoint)  # a missing checkpoint fails here in one line, not in every actor
-    check_texts_cached(inputs.text_cache, inputs.text_identity, expressions)
+    manifest, expressions = prepare(inputs)
     if not any(e.gt_frames for e in expressions):
         return _submission(inputs, cfg, manifest.videos, expressions, started)
 

@@ -22,8 +22,7 @@ import zarr
 
 from prvos_core import storage
 from prvos_core.config import InferSection
-from prvos_core.errors import DataError
-from prvos_core.manifest import Expression, Video, read_manifest
+from prvos_core.manifest import Expression, Video
 from prvos_core.predict import predictor_identity
 from prvos_core.pseudo_store import (
     INDEX_FILE,
@@ -37,7 +36,7 @@ from prvos_core.pseudo_store import (
     write_index,
 )
 from prvos_core.uncertainty import binary_entropy
-from stages.model_pool import ModelInputs, ModelReplica, check_texts_cached, rows_batch, run_pool
+from stages.model_pool import ModelInputs, ModelReplica, prepare, rows_batch, run_pool
 from stages.result import StageResult
 
 log = logging.getLogger("prvos")
@@ -48,14 +47,10 @@ InferInputs = ModelInputs  # the same fields as the other model stage; named for
 
 def run(inputs: InferInputs, cfg: InferSection) -> StageResult:
     started = time.perf_counter()
-    manifest = read_manifest(inputs.manifest_dir)
-    expressions = manifest.split_expressions(inputs.split)
-    if not expressions:
-        raise DataError(f"split {inputs.split!r} has no expressions in the manifest {inputs.manifest_dir}")
+    manifest, expressions = prepare(inputs)
     videos_by_key = {(v.split, v.video_id): v for v in manifest.videos}
     videos = {e.expression_id: videos_by_key[(e.split, e.video_id)] for e in expressions}
     teacher = predictor_identity(inputs.checkpoint, cfg.teacher)
-    check_texts_cached(inputs.text_cache, inputs.text_identity, expressions)
 
     store_uri = storage.join(inputs.out_dir, PSEUDO_STORE)
     store = _store_for(store_uri, _inputs_digest(inputs, cfg, teacher, expressions, videos))

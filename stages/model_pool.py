@@ -22,8 +22,9 @@ import torch
 
 from prvos_core import faults
 from prvos_core.config import EvaluateSection, InferSection
-from prvos_core.errors import UserError
-from prvos_core.manifest import Expression, Video, read_manifest
+from prvos_core.errors import DataError, UserError
+from prvos_core.manifest import Expression, Manifest, Video, read_manifest
+from prvos_core.model import read_checkpoint_meta
 from prvos_core.predict import Weights, choose_device, load_predictor, predict_expression
 from prvos_core.progress import progress_bar
 from prvos_core.text_cache import TextCache, TextNotCachedError
@@ -56,6 +57,18 @@ def configure_ray_data() -> None:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     # It warns, once per process, that the bars are off: they are off on purpose.
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+
+
+def prepare(inputs: ModelInputs) -> tuple[Manifest, list[Expression]]:
+    """The checks both model stages make in the driver before any actor starts, each failing in one line:
+    the split has expressions, the checkpoint is a checkpoint, every expression's text is cached."""
+    manifest = read_manifest(inputs.manifest_dir)
+    expressions = manifest.split_expressions(inputs.split)
+    if not expressions:
+        raise DataError(f"split {inputs.split!r} has no expressions in the manifest {inputs.manifest_dir}")
+    read_checkpoint_meta(inputs.checkpoint)
+    check_texts_cached(inputs.text_cache, inputs.text_identity, expressions)
+    return manifest, expressions
 
 
 def check_texts_cached(text_cache: str, text_identity: str, expressions: list[Expression]) -> None:
