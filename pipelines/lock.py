@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from prvos_core import storage
-from prvos_core.errors import UserError
+from prvos_core.errors import StorageError, UserError
 
 LOCK_FILE = ".lock"
 
@@ -54,7 +54,13 @@ class RunLock:
     def acquire(self) -> None:
         if not storage.is_local(self.run_dir):
             return  # object stores have no atomic create-if-absent here; one driver per run is the user's rule
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StorageError(
+                f"{self.run_dir}: cannot create the run folder ({error.strerror or error}); "
+                "choose a writable run.root with free space"
+            ) from None
         me = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
@@ -67,8 +73,19 @@ class RunLock:
             except FileExistsError:
                 self._take_over_if_stale()
                 continue
-            with os.fdopen(descriptor, "w") as handle:
-                json.dump(me, handle)
+            except OSError as error:
+                raise StorageError(
+                    f"{self.path}: cannot create the run lock ({error.strerror or error}); "
+                    "choose a writable run.root with free space"
+                ) from None
+            try:
+                with os.fdopen(descriptor, "w") as handle:
+                    json.dump(me, handle)
+            except OSError as error:
+                self.path.unlink(missing_ok=True)
+                raise StorageError(
+                    f"{self.path}: cannot write the run lock ({error.strerror or error}); free some space"
+                ) from None
             self.held = True
             return
         raise UserError(f"{self.run_dir}: could not take the run lock {self.path}; try again")

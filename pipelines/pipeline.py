@@ -18,7 +18,7 @@ from pathlib import Path
 from pipelines.fingerprint import dataset_fingerprint, fingerprint
 from pipelines.lineage import Lineage
 from pipelines.run_store import RunStore, new_run_id
-from pipelines.runner import StageOutcome, run_stage
+from pipelines.runner import StageOutcome, Verify, run_stage
 from prvos_core.config import PrvosConfig
 from prvos_core.errors import ConfigError
 from stages import evaluate, infer, ingest, refine, text, train
@@ -82,10 +82,13 @@ def run_pipeline(
     run_id: str | None = None,
     stages: tuple[str, ...] | None = None,
     tracking_uri: str | None = None,
+    verify: Verify = "sizes",
 ) -> PipelineReport:
     """Run (or continue) the pipeline in `<run.root>/<run_id>/`; Ray must be initialised by the caller.
 
     `stages` restricts the run to stage kinds (e.g. ("ingest",)); the stages they need must be committed.
+    `verify`: how committed stages are checked before being skipped (pipelines.runner.run_stage); a damaged
+    stage runs again, and so does every stage downstream of one whose re-run wrote other bytes.
     """
     unknown = sorted(set(stages or ()) - set(STAGE_KINDS))
     if unknown:
@@ -95,7 +98,7 @@ def run_pipeline(
     ensure_dataset(config)
     report = PipelineReport(store)
     with Lineage(store, config, tracking_uri) as lineage:
-        context = _Context(config, store, report, lineage, set(stages or STAGE_KINDS))
+        context = _Context(config, store, report, lineage, set(stages or STAGE_KINDS), verify)
         for name in stage_plan(config):
             round_index, kind = split_stage(name)
             if kind not in context.selected:
@@ -111,6 +114,8 @@ class _Context:
     report: PipelineReport
     lineage: Lineage
     selected: set[str]
+    verify: Verify = "sizes"
+    changed: set[str] = field(default_factory=set)  # fingerprints of stages that re-ran and wrote other bytes
 
     def result(self, name: str) -> StageResult:
         """The result of a stage this one depends on: run now, or committed before."""
@@ -124,7 +129,15 @@ class _Context:
     def stage(self, name: str, round_index: int | None, section: dict, inputs: dict[str, str],
               work: Callable[[str, str], StageResult]) -> None:  # fmt: skip
         stage_fingerprint = fingerprint(name, section, inputs)
-        outcome = run_stage(self.store, name, stage_fingerprint, lambda folder: work(folder, stage_fingerprint))
+        # Fingerprints hash settings, not bytes: an input stage that re-ran (repaired) and wrote other bytes
+        # than before makes this stage's committed outputs stale although its fingerprint is the same.
+        stale = any(value in self.changed for value in inputs.values())
+        outcome = run_stage(
+            self.store, name, stage_fingerprint, lambda folder: work(folder, stage_fingerprint),
+            verify=self.verify, force=stale,
+        )  # fmt: skip
+        if outcome.changed:
+            self.changed.add(stage_fingerprint)
         self.report.outcomes[name] = outcome
         if outcome.ran:
             self.lineage.stage_finished(name, round_index, section, outcome.result)

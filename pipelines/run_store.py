@@ -3,16 +3,18 @@
 ```
 <root>/<run_id>/config.yaml            the resolved config the run started with
 <root>/<run_id>/<stage>/               e.g. ingest/, r0-train/, r0-infer/
-<root>/<run_id>/<stage>/_COMMITTED.json   written last: fingerprint, outputs, metrics, timings
+<root>/<run_id>/<stage>/_COMMITTED.json   written last: fingerprint, outputs, metrics, timings, checksums
 ```
-A stage folder without its marker is unfinished: its contents are never taken as done.
+A stage folder without its marker is unfinished: its contents are never taken as done. The marker's `files`
+(relative path -> [size, blake2b]) let `pipelines.integrity` find damage later; markers written before
+checksums existed have none and still load.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import yaml
 
@@ -34,6 +36,7 @@ class StageMarker:
     started_at: str
     finished_at: str
     seconds: float
+    files: dict[str, list] = field(default_factory=dict)  # relative path -> [size, blake2b]; {} in old markers
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,7 @@ class RunStore:
         try:
             return StageMarker(**payload)
         except TypeError:
-            raise StorageError(f"{uri}: not a PRVOS commit marker; delete the stage folder to re-run it") from None
+            raise StorageError(f"{uri}: not a PRVOS commit marker; `prvos resume` re-runs the stage") from None
 
     def write_marker(self, marker: StageMarker) -> None:
         storage.write_json(self.marker_uri(marker.stage), marker.__dict__)

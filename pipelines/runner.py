@@ -1,4 +1,4 @@
-"""The stage runner: skip what is committed with the same fingerprint, run the rest, commit markers last."""
+"""The stage runner: skip what is committed with the same fingerprint and intact, run the rest, markers last."""
 
 from __future__ import annotations
 
@@ -6,39 +6,91 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
+from pipelines import integrity
 from pipelines.run_store import RunStore, StageMarker, now_iso
 from prvos_core import storage
+from prvos_core.errors import StorageError
 from stages.result import StageResult
 
 log = logging.getLogger("prvos")
+
+Verify = Literal["none", "sizes", "hashes"]
 
 
 @dataclass(frozen=True)
 class StageOutcome:
     result: StageResult
-    ran: bool  # False: skipped, its committed marker matched
+    ran: bool  # False: skipped, its committed marker matched and its files were intact
+    changed: bool = False  # ran, and what it wrote differs from what its previous marker recorded (or none did)
+    repaired: tuple[integrity.Damage, ...] = ()  # the damage that made a committed stage run again
 
 
-def run_stage(store: RunStore, stage: str, fingerprint: str, work: Callable[[str], StageResult]) -> StageOutcome:
-    """Run `work(stage_dir)` unless `stage` is committed with `fingerprint`; write its marker last.
+def run_stage(
+    store: RunStore,
+    stage: str,
+    fingerprint: str,
+    work: Callable[[str], StageResult],
+    *,
+    verify: Verify = "sizes",
+    force: bool = False,
+) -> StageOutcome:
+    """Run `work(stage_dir)` unless `stage` is committed with `fingerprint` and its files check out; write
+    its marker (with the checksums of every file the stage wrote) last.
 
-    A committed stage with another fingerprint is cleared first (its inputs or config changed). An
-    uncommitted folder is left in place so that a stage able to resume (train, infer) continues from it.
+    verify: how a committed stage's files are checked before it is skipped ("sizes": one listing, "hashes":
+    every byte); a damaged stage is cleared and run again. force: run even if committed (an input changed).
+    A committed stage with another fingerprint is cleared first. An uncommitted folder is left in place so
+    that a stage able to resume (train, infer) continues from it.
     """
-    marker = store.read_marker(stage)
-    if marker is not None and marker.fingerprint == fingerprint:
-        log.info("%s: committed with the same fingerprint, skipped", stage)
-        return StageOutcome(StageResult(stage, marker.outputs, marker.metrics, marker.fingerprint), ran=False)
     stage_dir = store.stage_dir(stage)
-    if marker is not None:
-        log.info("%s: fingerprint changed (%s -> %s), re-running", stage, marker.fingerprint, fingerprint)
+    try:
+        marker = store.read_marker(stage)
+    except StorageError as error:
+        log.warning("%s: unreadable commit marker (%s); re-running the stage", stage, error)
+        storage.remove(stage_dir)
+        marker = None
+    damage: list[integrity.Damage] = []
+    if marker is not None and marker.fingerprint == fingerprint and not force:
+        if verify != "none":
+            damage = integrity.verify(stage, stage_dir, marker.files, hashes=verify == "hashes")
+        if not damage:
+            log.info("%s: committed with the same fingerprint, skipped", stage)
+            return StageOutcome(StageResult(stage, marker.outputs, marker.metrics, marker.fingerprint), ran=False)
+        shown = "; ".join(map(str, damage[:3])) + (f" and {len(damage) - 3} more" if len(damage) > 3 else "")
+        log.warning("%s: %d damaged file(s) (%s); re-running the stage", stage, len(damage), shown)
+        storage.remove(stage_dir)
+    elif marker is not None:
+        reason = "an input was re-run" if force else f"fingerprint changed ({marker.fingerprint} -> {fingerprint})"
+        log.info("%s: %s, re-running", stage, reason)
         storage.remove(stage_dir)
     storage.makedirs(stage_dir)
     started_at, started = now_iso(), time.perf_counter()
     result = work(stage_dir)
     seconds = time.perf_counter() - started
+    files = integrity.checksums(stage_dir)
     store.write_marker(
-        StageMarker(stage, fingerprint, dict(result.outputs), dict(result.metrics), started_at, now_iso(), seconds)
+        StageMarker(
+            stage, fingerprint, dict(result.outputs), dict(result.metrics), started_at, now_iso(), seconds, files
+        )
     )
-    return StageOutcome(StageResult(stage, result.outputs, result.metrics, fingerprint), ran=True)
+    changed = marker is None or not marker.files or files != marker.files
+    return StageOutcome(StageResult(stage, result.outputs, result.metrics, fingerprint), True, changed, tuple(damage))
+
+
+def verify_run(store: RunStore, stages: list[str], *, hashes: bool = True) -> dict[str, list[integrity.Damage]]:
+    """Stage -> its damaged files, for every committed stage of `stages` (an unreadable marker is damage too).
+    Stages committed before markers carried checksums have nothing to check against and count as intact."""
+    found = {}
+    for stage in stages:
+        try:
+            marker = store.read_marker(stage)
+        except StorageError as error:
+            found[stage] = [integrity.Damage(stage, "_COMMITTED.json", f"unreadable ({error})")]
+            continue
+        if marker is not None:
+            damage = integrity.verify(stage, store.stage_dir(stage), marker.files, hashes=hashes)
+            if damage:
+                found[stage] = damage
+    return found
