@@ -12,9 +12,11 @@ import difflib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from prvos_core.errors import ConfigError
 from prvos_core.ids import id_problem
@@ -27,10 +29,26 @@ class Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+def _no_credentials(value: str) -> str:
+    """Reject `scheme://user:secret@host/...`: configs are logged and copied into every run, credentials are not.
+    The error never repeats the value."""
+    if "://" in value:
+        parts = urlsplit(value)
+        if parts.username or parts.password:
+            raise PydanticCustomError(
+                "credentials",
+                "holds credentials; remove them from the URI and set them in the environment "
+                "(e.g. AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)",
+            )
+    return value
+
+
 class RunSection(Section):
     root: str = "runs"  # run store: a local folder, or a shared-filesystem / object-store URI on a cluster
     run_id: str | None = None  # None: a new id from the config name and time; set it to resume a known run
     seed: int = 0  # seeds data sampling, model init and augmentation
+
+    _root_without_credentials = field_validator("root")(_no_credentials)
 
     @field_validator("run_id")
     @classmethod
@@ -64,6 +82,8 @@ class DataSection(Section):
     valid_split: str = "valid"
     synth: SynthSection | None = None  # set: generate a synthetic dataset at `root` if it is absent
 
+    _root_without_credentials = field_validator("root")(_no_credentials)
+
     @field_validator("train_split", "valid_split")
     @classmethod
     def _safe_split(cls, value: str) -> str:
@@ -85,6 +105,13 @@ class ModelSection(Section):
     pretrained: bool = True  # tiny: the packaged ImageNet EfficientNet-Lite0 weights
     trainable: Literal["all", "all_frozen_bn", "decoder"] = "all_frozen_bn"  # "decoder" = the seed
     input_size: tuple[int, int] | None = None  # frames resized to (height, width); None = the size's default
+
+    @field_validator("input_size")
+    @classmethod
+    def _input_size_at_least_16(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and min(value) < 16:
+            raise ValueError("height and width must be at least 16 pixels")
+        return value
 
 
 class TextSection(Section):
@@ -223,7 +250,8 @@ def _describe(item: dict[str, Any]) -> str:
         return f"'{location}' is required"
     message = item["msg"].removeprefix("Value error, ")
     given = item.get("input")
-    shown = f" (got {given!r})" if not isinstance(given, dict) and given is not None else ""
+    secret = item["type"] == "credentials"
+    shown = f" (got {given!r})" if not isinstance(given, dict) and given is not None and not secret else ""
     return f"'{location}': {message}{shown}" if location else f"{message}"
 
 
