@@ -23,6 +23,7 @@ from ray.train.torch import TorchTrainer
 from prvos_core import faults, storage
 from prvos_core.clips import ClipDataset, ClipSource, ClipSpec, collate_clips
 from prvos_core.config import ModelSection, TrainSection
+from prvos_core.errors import CheckpointError
 from prvos_core.manifest import read_manifest
 from prvos_core.model import EmaTeacher, build_model, clip_loss, load_checkpoint, save_checkpoint
 from prvos_core.model.builders import SIZES
@@ -55,6 +56,8 @@ def input_size(model: ModelSection) -> tuple[int, int]:
 
 def run(inputs: TrainInputs, cfg: TrainSection) -> StageResult:
     started = time.perf_counter()
+    if inputs.init_checkpoint:
+        _check_init_checkpoint(inputs)
     use_gpu = cfg.use_gpu == "true" or (cfg.use_gpu == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
     storage_path = storage.join(inputs.out_dir, "ray")
     if storage.is_local(storage_path):
@@ -88,6 +91,19 @@ def run(inputs: TrainInputs, cfg: TrainSection) -> StageResult:
         metrics["loss_first_epoch"] = float(history[0]["loss"])
     metrics["seconds"] = time.perf_counter() - started
     return StageResult("train", {"checkpoint": final, "history": history_uri}, metrics, inputs.fingerprint)
+
+
+def _check_init_checkpoint(inputs: TrainInputs) -> None:
+    """A start checkpoint of another model fails here, in one line, before any worker starts (inside a worker
+    the same mismatch would surface as Ray Train's failure after its retries)."""
+    meta = storage.read_json(storage.join(inputs.init_checkpoint, "checkpoint.json"))
+    found = (meta.get("size"), meta.get("text_dim")) if isinstance(meta, dict) else (None, None)
+    if found != (inputs.model.size, inputs.text_dim):
+        raise CheckpointError(
+            f"{inputs.init_checkpoint} holds a {found[0]} model with text_dim {found[1]}, but round "
+            f"{inputs.round_index} trains {inputs.model.size} with text_dim {inputs.text_dim}; use a checkpoint of "
+            "this model or set train.init=scratch"
+        )
 
 
 def build_sources(inputs: TrainInputs, cfg: TrainSection) -> list[ClipSource]:
