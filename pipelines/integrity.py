@@ -22,6 +22,16 @@ IGNORED_NAMES = ("_COMMITTED.json",)
 IGNORED_SUFFIXES = (".partial",)
 
 
+# Records of where and how fast the work ran (Ray node ids, timings), not results: checksummed like every file,
+# but left out when deciding whether a re-run stage wrote other results than before.
+RUN_RECORDS = ("placement.json",)
+
+
+def results(files: dict[str, list]) -> dict[str, list]:
+    """A marker's `files` without the run records: what stages downstream read."""
+    return {path: entry for path, entry in files.items() if posixpath.basename(path) not in RUN_RECORDS}
+
+
 @dataclass(frozen=True)
 class Damage:
     stage: str

@@ -44,6 +44,11 @@ class RunStore:
     root: str
     run_id: str
 
+    def __post_init__(self) -> None:
+        # The id becomes a folder name: `../x` or `a/b` would put the run outside run.root.
+        if problem := id_problem(self.run_id):
+            raise UserError(f"run id {self.run_id!r} is not safe as a folder name ({problem}); use [A-Za-z0-9._-]")
+
     @property
     def run_dir(self) -> str:
         return storage.join(self.root, self.run_id)
@@ -75,7 +80,13 @@ class RunStore:
         uri = storage.join(self.run_dir, CONFIG_FILE)
         if not storage.exists(uri):
             raise UserError(f"{self.run_dir} is not a PRVOS run (no {CONFIG_FILE}); give a folder made by `prvos run`")
-        return yaml.safe_load(storage.read_bytes(uri).decode("utf-8"))
+        try:
+            raw = yaml.safe_load(storage.read_bytes(uri).decode("utf-8"))
+        except (UnicodeDecodeError, yaml.YAMLError):
+            raw = None
+        if not isinstance(raw, dict):
+            raise StorageError(f"{uri} is damaged (not a YAML mapping); restore it or start a new run")
+        return raw
 
     def stages(self) -> list[str]:
         return [name for name in storage.listdir(self.run_dir) if storage.exists(self.stage_dir(name) + "/")]

@@ -75,7 +75,7 @@ def run_stage(
             stage, fingerprint, dict(result.outputs), dict(result.metrics), started_at, now_iso(), seconds, files
         )
     )
-    changed = marker is None or not marker.files or files != marker.files
+    changed = marker is None or not marker.files or integrity.results(files) != integrity.results(marker.files)
     return StageOutcome(StageResult(stage, result.outputs, result.metrics, fingerprint), True, changed, tuple(damage))
 
 
