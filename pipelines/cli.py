@@ -203,6 +203,47 @@ def ui(
     raise typer.Exit(subprocess.call(command))
 
 
+@app.command("inspect")
+def inspect(
+    run: Annotated[Path, typer.Argument(help="Run folder (<run.root>/<run_id>).")],
+    round_: Annotated[int, typer.Option("--round", help="Pseudo-labeling round to show (0 = the first).")],
+    expression: Annotated[str | None, typer.Option(help="Show this expression id only.")] = None,
+    count: Annotated[int, typer.Option(help="Expressions shown by default: the most and least confident.")] = 4,
+    out: Annotated[Path | None, typer.Option(help="Report folder (default <run>/inspect/r<R>).")] = None,
+) -> None:
+    """A static HTML report of a round's pseudo-labels (open index.html from disk), also logged to MLflow."""
+    from pipelines.inspect_report import build_report
+
+    report = build_report(run.resolve(), round_, expression_id=expression, out=out, count=count)
+    logged = f"; MLflow artifacts {report.mlflow_artifacts}/" if report.mlflow_artifacts else ""
+    typer.echo(f"wrote {report.folder / 'index.html'} ({len(report.pictures)} pictures, "
+               f"{report.bytes / 1e6:.1f} MB){logged}")  # fmt: skip
+
+
+@app.command("predict")
+def predict(
+    checkpoint: Annotated[Path, typer.Option(help="A train stage's checkpoint folder (<run>/r<k>-train/checkpoint).")],
+    video: Annotated[Path, typer.Option(help="A folder of frames (*.jpg, *.png) or a video file (MP4).")],
+    text: Annotated[str, typer.Option(help="The referring expression, e.g. 'a black swan'.")],
+    out: Annotated[Path, typer.Option(help="Output folder: masks/<frame>.png, overlay.mp4, prediction.json.")],
+    text_encoder: Annotated[
+        str | None, typer.Option(help="Local text encoder folder (default: the one the checkpoint's run used).")
+    ] = None,
+    weights: Annotated[str, typer.Option(help="student or ema (the EMA teacher, when saved).")] = "student",
+    fps: Annotated[float | None, typer.Option(help="Overlay frame rate (default: the video's, or 10).")] = None,
+) -> None:
+    """Segment the object a sentence refers to in every frame of a video with a trained checkpoint."""
+    from prvos_core.predict_video import predict_video
+
+    if weights not in ("student", "ema"):
+        raise UserError(f"--weights must be student or ema (got {weights!r})")
+    result = predict_video(checkpoint, video, text, out, text_encoder=text_encoder, weights=weights, fps=fps)
+    typer.echo(
+        f"wrote {result.frames} masks and overlay.mp4 to {result.out} ({result.frames_per_second:.1f} frames/s; "
+        f"object found in {result.foreground_frames} frames)"
+    )
+
+
 def _absolute_paths(config: Path, overrides: list[str]) -> list[str]:
     """Relative local run.root / data.root become absolute, so a run can be resumed from any folder."""
     import yaml
