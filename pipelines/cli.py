@@ -135,14 +135,18 @@ def resume(
     address: Annotated[str | None, typer.Option(help="Ray cluster to join.")] = None,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking server.")] = None,
 ) -> None:
-    """Continue a stopped or failed run from its first uncommitted stage, with the config it started with."""
+    """Continue a stopped or failed run from its first uncommitted stage, with the config it started with.
+
+    Every committed stage is first re-checked against the checksums in its marker; a damaged one runs again
+    (and so does what depends on it, where its new bytes differ)."""
     from pipelines.run_store import open_run
     from prvos_core.config import config_from_dict
 
     store = open_run(str(run.resolve()))
     raw = store.read_config_dict()
     raw.setdefault("run", {})["root"] = store.root
-    _run(config_from_dict(raw, source=f"{store.run_dir}/config.yaml"), store.run_id, None, address, tracking_uri)
+    config = config_from_dict(raw, source=f"{store.run_dir}/config.yaml")
+    _run(config, store.run_id, None, address, tracking_uri, verify="hashes")
 
 
 @app.command("demo")
@@ -170,6 +174,9 @@ def demo(
 def status(
     run: Annotated[Path | None, typer.Argument(help="Run folder; default: list the runs under --root.")] = None,
     root: Annotated[Path, typer.Option(help="Run store root to list.")] = Path("runs"),
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Re-check every committed stage's files against its checksums.")
+    ] = False,
 ) -> None:
     """Show runs, or one run's rounds and stages with state, duration and key metrics."""
     from pipelines.report import status_table
@@ -183,7 +190,31 @@ def status(
         for name in runs:
             out.print(str(root / name))
         return
-    out.print(status_table(open_run(str(run.resolve()))))
+    store = open_run(str(run.resolve()))
+    out.print(status_table(store))
+    if verify:
+        _verify(store, out)
+
+
+def _verify(store, out: Console) -> None:
+    """Print every damaged file of the run's committed stages; exit 1 when there is any."""
+    from pipelines.pipeline import stage_plan
+    from pipelines.runner import verify_run
+    from prvos_core.config import config_from_dict
+
+    plan = stage_plan(config_from_dict(store.read_config_dict()))
+    damaged = verify_run(store, plan, hashes=True)
+    for damage in (d for stage in plan for d in damaged.get(stage, ())):
+        out.print(f"damaged: {damage}", markup=False, highlight=False, soft_wrap=True)
+    if damaged:
+        files = sum(map(len, damaged.values()))
+        out.print(
+            f"{files} damaged file(s) in {', '.join(damaged)}; `prvos resume {store.run_dir}` re-runs those stages",
+            markup=False, highlight=False, soft_wrap=True,
+        )  # fmt: skip
+        raise typer.Exit(1)
+    committed = [stage for stage in plan if store.read_marker(stage) is not None]
+    out.print(f"verified: {len(committed)} committed stage(s), every recorded file intact", markup=False)
 
 
 @app.command("ui")
@@ -248,7 +279,10 @@ def _absolute_paths(config: Path, overrides: list[str]) -> list[str]:
     """Relative local run.root / data.root become absolute, so a run can be resumed from any folder."""
     import yaml
 
-    raw = yaml.safe_load(config.read_text(encoding="utf-8")) if config.is_file() else None
+    try:
+        raw = yaml.safe_load(config.read_text(encoding="utf-8")) if config.is_file() else None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return []  # load_config reports what is wrong with the file, in one line
     if not isinstance(raw, dict):
         return []
     given = {item.split("=", 1)[0].strip() for item in overrides}
@@ -261,7 +295,7 @@ def _absolute_paths(config: Path, overrides: list[str]) -> list[str]:
     return result
 
 
-def _run(config, run_id: str | None, stages, address: str | None, tracking_uri: str | None):
+def _run(config, run_id: str | None, stages, address: str | None, tracking_uri: str | None, verify: str = "sizes"):
     from pipelines.lock import RunLock
     from pipelines.pipeline import run_pipeline
     from pipelines.ray_session import ray_session
@@ -269,16 +303,15 @@ def _run(config, run_id: str | None, stages, address: str | None, tracking_uri: 
 
     store = RunStore(config.run.root, run_id or config.run.run_id or new_run_id(config.name))
     with RunLock(store.run_dir), ray_session(address):
-        report = run_pipeline(config, run_id=store.run_id, stages=stages, tracking_uri=tracking_uri)
+        report = run_pipeline(config, run_id=store.run_id, stages=stages, tracking_uri=tracking_uri, verify=verify)
     out = Console()
     table = Table(title=f"run {report.store.run_id}  ({report.store.run_dir})")
     for column in ("stage", "ran", "seconds"):
         table.add_column(column)
     for name, outcome in report.outcomes.items():
         seconds = outcome.result.metrics.get("seconds")
-        table.add_row(
-            name, "yes" if outcome.ran else "skipped (committed)", "" if seconds is None else f"{seconds:.1f}"
-        )
+        ran = ("yes (repaired)" if outcome.repaired else "yes") if outcome.ran else "skipped (committed)"
+        table.add_row(name, ran, "" if seconds is None else f"{seconds:.1f}")
     out.print(table)
     out.print(f"next: prvos status {report.store.run_dir}", soft_wrap=True)
     return report.store
