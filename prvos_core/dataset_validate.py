@@ -154,7 +154,9 @@ def _usable_expressions(files, video: Video, mask_ids: dict, max_chars: int, qua
     result = []
     for raw in files.video.expressions:
         item = f"{vid}/expression {raw.key}"
-        problem = _text_problem(raw.text, max_chars) or _object_problem(raw.object_id, objects, mask_ids)
+        # The key names a folder of the Ref-YouTube-VOS submission zip (Annotations/<video>/<key>/...).
+        key_problem = id_problem(raw.key) and f"unsafe expression key: {id_problem(raw.key)}"
+        problem = key_problem or _text_problem(raw.text, max_chars) or _object_problem(raw.object_id, objects, mask_ids)
         if problem:
             quarantine.append(QuarantineRow(source, item, problem))
             continue
