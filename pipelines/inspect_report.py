@@ -213,6 +213,7 @@ th, td { border: 1px solid #ccc; padding: 2px 8px; text-align: right; }
 th { background: #f0f0f0; } td.text { text-align: left; }
 .swatch { display: inline-block; width: 1em; height: 1em; vertical-align: middle; margin: 0 4px 0 12px; }
 .strip { overflow-x: auto; } img { image-rendering: pixelated; }
+.side { display: flex; flex-wrap: wrap; gap: 2em; align-items: flex-start; } .side h2 { margin-top: 0; }
 section { margin-bottom: 2em; } .muted { color: #666; }
 """
 
@@ -286,9 +287,10 @@ def _page(store: RunStore, config: PrvosConfig, round_index: int, summary: dict,
         "<h2>Rounds</h2><p class=muted>Student J&amp;F on the valid split; pseudo-label precision and coverage on"
         " the train split's ground-truth frames, and (full) against dense scoring-only masks where they exist.</p>"
         + _table(header, rows)
-        + '<img src="img/rounds.png" alt="J&amp;F and pseudo-label quality over rounds">'
-        + f"<h2>Refinement of round {round_index}</h2>"
+        + '<div class="side"><div><img src="img/rounds.png" alt="J&amp;F and pseudo-label quality over rounds">'
+        + f"</div><div><h2>Refinement of round {round_index}</h2>"
         + _table(["metric", "value"], summary_rows, text_columns=1)
+        + "</div></div>"
         + "<h2>Expressions</h2>"
         + _legend()
         + "".join(sections)
