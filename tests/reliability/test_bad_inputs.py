@@ -40,7 +40,11 @@ CONFIG_CASES = [
     ("unknown model size", ["--set", "model.size=huge"], ["'model.size'", "'tiny' or 'r50'"]),
     ("split id with ../", ["--set", "data.train_split=../train"], ["'data.train_split'", "path separator"]),
     ("run id with ../ in the config", ["--set", "run.run_id=../escape"], ["'run.run_id'", "path separator"]),
-    ("run id with ../ on the command line", ["--run-id", "../escape"], ["run id '../escape'", "not safe as a folder name"]),
+    (
+        "run id with ../ on the command line",
+        ["--run-id", "../escape"],
+        ["run id '../escape'", "not safe as a folder name"],
+    ),
     ("run id with /", ["--run-id", "a/b"], ["run id 'a/b'", "path separator"]),
     ("run id with ..", ["--run-id", "x..y"], ["run id 'x..y'", "contains '..'"]),
     ("unknown stage", ["--stages", "ingets"], ["unknown stage(s) ingets", "choose from ingest"]),

@@ -83,7 +83,8 @@ def test_credentials_from_the_environment_never_reach_the_run_folder(tmp_path, c
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIA-" + secret)
     generate_synthetic(tmp_path / "data", videos=1, valid_videos=1, frames=4, size=(32, 32), label_every=2, seed=0)
     config = write_config(
-        tmp_path / "c.yaml", {"name": "sec", "run": {"root": str(tmp_path / "runs")}, "data": {"root": str(tmp_path / "data")}}
+        tmp_path / "c.yaml",
+        {"name": "sec", "run": {"root": str(tmp_path / "runs")}, "data": {"root": str(tmp_path / "data")}},
     )
     outcome = cli("run", config, "--stages", "ingest", "--run-id", "sec", capsys=capsys)
     assert outcome.code == 0, outcome.err[-2000:]
