@@ -47,3 +47,23 @@ def test_open_run_refuses_a_folder_that_is_not_a_run(tmp_path):
     (tmp_path / "notarun").mkdir()
     with pytest.raises(UserError, match="is not a PRVOS run"):
         open_run(str(tmp_path / "notarun")).read_config_dict()
+
+
+def test_markers_record_checksums_and_damaged_stages_run_again(tmp_path):
+    from pipelines.integrity import checksums
+
+    store = RunStore(str(tmp_path), "run1")
+    calls: list = []
+    run_stage(store, "s", "fp1", _work(calls))
+    marker = store.read_marker("s")
+    assert marker.files == checksums(store.stage_dir("s")) and list(marker.files) == ["out.json"]
+    out = tmp_path / "run1/s/out.json"
+    out.write_bytes(out.read_bytes().replace(b"1", b"7"))  # same size, other content
+    assert not run_stage(store, "s", "fp1", _work(calls)).ran  # sizes only: not seen
+    repaired = run_stage(store, "s", "fp1", _work(calls), verify="hashes")
+    assert repaired.ran and [d.problem for d in repaired.repaired] == ["content changed (hash differs)"]
+    assert repaired.changed  # the re-run wrote {"n": 2}, not what the marker recorded
+    out.unlink()
+    again = run_stage(store, "s", "fp1", _work([]))  # a fresh counter writes {"n": 1} again
+    assert again.ran and [d.problem for d in again.repaired] == ["missing"]
+    assert run_stage(store, "s", "fp1", _work([]), force=True).ran
