@@ -5,8 +5,11 @@ URIs as tags, and its small JSON summaries as artifacts; big arrays stay in Zarr
 The manifest is logged as the parent run's input dataset. The ids of the parent and round runs are kept in
 `<run>/mlflow.json`, so `prvos resume` adds to the same runs instead of starting new ones.
 
-The default tracking store is SQLite under the run root (`<run.root>/mlflow.db`), artifacts under
-`<run.root>/mlartifacts`; `--tracking-uri` points at a server instead.
+Tracking store: `--tracking-uri`, else `MLFLOW_TRACKING_URI`, else SQLite under a local run root
+(`<run.root>/mlflow.db`). A SQLite file cannot live on an object store, so for an `s3://` run root without a
+server the database is `./mlflow.db` on the driver's machine (a warning says so); on a cluster, point
+`--tracking-uri` at an MLflow server. Artifacts go to `<run.root>/mlartifacts` either way (S3 through boto3,
+endpoint and credentials from the AWS_* environment variables).
 """
 
 from __future__ import annotations
@@ -32,10 +35,20 @@ _SMALL_ARTIFACT_BYTES = 1 << 20
 
 
 def default_tracking_uri(run_root: str) -> str:
-    """SQLite under a local run root; a remote run root needs a tracking server (`--tracking-uri`)."""
+    """MLFLOW_TRACKING_URI when set; else SQLite under a local run root, or `./mlflow.db` for a remote one."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
     if storage.is_local(run_root):
         return f"sqlite:///{os.path.abspath(os.path.join(run_root, 'mlflow.db'))}"
-    return f"sqlite:///{os.path.abspath('mlflow.db')}"
+    database = os.path.abspath("mlflow.db")
+    log.warning(
+        "lineage: run.root %s is remote and no MLflow server is given: tracking in %s on this machine "
+        "(artifacts under %s); pass --tracking-uri or set MLFLOW_TRACKING_URI to share it",
+        run_root,
+        database,
+        storage.join(run_root, "mlartifacts"),
+    )
+    return f"sqlite:///{database}"
 
 
 def metric_name(name: str) -> str:

@@ -1,27 +1,66 @@
-"""Starting or joining Ray for a pipeline run."""
+"""Starting or joining Ray for a pipeline run.
+
+Joining a cluster (`--address 10.0.0.5:6379`, or `auto` inside a cluster job) ships this checkout's
+packages to every node as the job's `py_modules`, so workers run the driver's code even when a node's image
+holds another version (the image still has to carry the dependencies: torch, ray, zarr, ...). Stage outputs
+are written by workers on any node, so `run.root` must be a path every node sees (a shared filesystem) or an
+object store URI (`s3://...`, credentials from each node's environment).
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from contextlib import contextmanager
 
 import ray
 
+import pipelines
+import prvos_core
+import stages
+from prvos_core import storage
+
+log = logging.getLogger("prvos")
+
+
+def code_runtime_env() -> dict:
+    """The job's runtime env when joining a cluster: the project's packages, uploaded once per content hash."""
+    return {"py_modules": [prvos_core, stages, pipelines]}
+
 
 @contextmanager
-def ray_session(address: str | None = None, num_cpus: int | None = None):
-    """Join the cluster at `address` ("auto" inside a cluster job), or start an embedded local Ray."""
+def ray_session(address: str | None = None, num_cpus: int | None = None, shared_paths: Iterable[str] = ()):
+    """Join the cluster at `address` ("auto" inside a cluster job), or start an embedded local Ray.
+
+    shared_paths: local paths that every node must see (the run root, the dataset); a warning names them
+    when the cluster has nodes on other machines.
+    """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if ray.is_initialized():
         yield
         return
     kwargs = {"logging_level": logging.WARNING, "log_to_driver": True}
     if address:
-        ray.init(address=address, **kwargs)
+        ray.init(address=address, runtime_env=code_runtime_env(), **kwargs)
+        _warn_unshared(shared_paths)
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def _warn_unshared(paths: Iterable[str]) -> None:
+    """Local paths are fine when every node runs on this machine; elsewhere only a shared mount makes them so."""
+    here = ray.util.get_node_ip_address()
+    elsewhere = sorted({n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]} - {here})
+    local = [path for path in paths if storage.is_local(path)]
+    if elsewhere and local:
+        log.warning(
+            "%s: local path(s) while nodes %s run on other machines; they must be on a filesystem every node "
+            "mounts at the same path, else use s3://... for run.root",
+            ", ".join(local),
+            ", ".join(elsewhere),
+        )

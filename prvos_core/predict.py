@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import torch
 
+from prvos_core import storage
 from prvos_core.frames import decode_frame, read_object_mask, resize_frame, resize_map
 from prvos_core.layout import SplitPaths
 from prvos_core.manifest import Expression, Video
@@ -45,10 +46,10 @@ def predictor_identity(checkpoint: str, weights: Weights) -> str:
     Raises CheckpointError (one line) when `checkpoint` is not a checkpoint folder.
     """
     read_checkpoint_meta(checkpoint)
-    folder = Path(checkpoint)
-    used = "ema" if weights == "ema" and (folder / EMA_FILE).is_file() else "student"
+    used = "ema" if weights == "ema" and storage.exists(storage.join(checkpoint, EMA_FILE)) else "student"
+    fs, path = storage.filesystem(storage.join(checkpoint, EMA_FILE if used == "ema" else MODEL_FILE))
     digest = hashlib.sha256()
-    with open(folder / (EMA_FILE if used == "ema" else MODEL_FILE), "rb") as handle:
+    with fs.open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return f"{checkpoint}#{used}:{digest.hexdigest()[:16]}"

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import posixpath
+import shutil
 import uuid
 from typing import Any
 
@@ -20,6 +21,11 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from prvos_core.errors import StorageError
+
+# fsspec caches folder listings per filesystem instance and sees only its own writes; stages write the same
+# stores from other processes and nodes (a driver listing a Zarr store before the actors filled it would
+# keep seeing it empty), so object store listings are never cached. Zarr's own s3fs instances read this too.
+fsspec.config.conf.setdefault("s3", {}).setdefault("use_listings_cache", False)
 
 
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -33,6 +39,16 @@ def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
 
 def is_local(uri: str) -> bool:
     return isinstance(filesystem(uri)[0], LocalFileSystem)
+
+
+def arrow_filesystem(uri: str):
+    """(pyarrow filesystem, path) over the fsspec filesystem of a remote `uri`, for libraries that write
+    through pyarrow (Ray Train's checkpoints): the same S3 client settings as everything else, and no empty
+    "<folder>/" marker objects, which pyarrow's own S3 filesystem writes."""
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    fs, path = filesystem(uri)
+    return PyFileSystem(FSSpecHandler(fs)), path
 
 
 def join(base: str, *parts: str) -> str:
@@ -63,7 +79,11 @@ def listdir(uri: str) -> list[str]:
     fs, path = filesystem(uri)
     if not fs.exists(path):
         return []
-    return sorted(posixpath.basename(entry.rstrip("/")) for entry in fs.ls(path, detail=False))
+    # An object store may list the folder's own "<folder>/" marker object (tools such as pyarrow write them).
+    own = path.rstrip("/")
+    return sorted(
+        posixpath.basename(entry.rstrip("/")) for entry in fs.ls(path, detail=False) if entry.rstrip("/") != own
+    )
 
 
 def read_bytes(uri: str) -> bytes:
@@ -137,3 +157,41 @@ def remove(uri: str) -> None:
     fs, path = filesystem(uri)
     if fs.exists(path):
         fs.rm(path, recursive=True)
+
+
+def upload_folder(local_dir: str, uri: str, *, last: str | None = None) -> None:
+    """Copy the files of the local folder `local_dir` to the folder `uri`, replacing what is there.
+
+    Local target: copied into a staging folder beside it, then renamed into place (all or nothing). Object
+    store: one object per file, the file named `last` (the one readers check first) uploaded after the others.
+    """
+    fs, path = filesystem(uri)
+    files = sorted(
+        (
+            os.path.relpath(os.path.join(folder, name), local_dir)
+            for folder, _, names in os.walk(local_dir)
+            for name in names
+        ),
+        key=lambda name: (name == last, name),
+    )
+    try:
+        if isinstance(fs, LocalFileSystem):
+            parent = os.path.dirname(os.path.abspath(path))
+            os.makedirs(parent, exist_ok=True)
+            staging = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex}.partial")
+            try:
+                shutil.copytree(local_dir, staging)
+                if os.path.exists(path):
+                    shutil.rmtree(path)
+                os.replace(staging, path)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+            return
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+        for name in files:
+            fs.put_file(os.path.join(local_dir, name), posixpath.join(path, *name.split(os.sep)))
+    except PermissionError:
+        raise StorageError(f"{uri}: permission denied writing; choose a writable location") from None
+    except OSError as error:
+        raise StorageError(f"{uri}: upload failed ({error.strerror or error}); check the path and free space") from None

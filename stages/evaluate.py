@@ -18,6 +18,7 @@ import os
 import tempfile
 import time
 import zipfile
+from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -32,6 +33,7 @@ from prvos_core.manifest import Expression, Video
 from prvos_core.metrics import evaluate_expression, summarize
 from prvos_core.predict import upsample_prob
 from stages.model_pool import ModelInputs, ModelReplica, prepare, rows_batch, run_pool
+from stages.placement import write_placement
 from stages.result import StageResult
 
 log = logging.getLogger("prvos")
@@ -67,6 +69,7 @@ def run(inputs: EvaluateInputs, cfg: EvaluateSection) -> StageResult:
     scored = [e for e in expressions if e.gt_frames]
     if len(scored) < len(expressions):
         log.info("evaluate: %d expressions have no annotated frame; not scored", len(expressions) - len(scored))
+    placement = Counter()
     pool = run_pool(
         StudentActor,
         {"inputs": inputs, "cfg": cfg, "submission": False},
@@ -74,6 +77,7 @@ def run(inputs: EvaluateInputs, cfg: EvaluateSection) -> StageResult:
         cfg,
         stage="evaluate",
         round_index=inputs.round_index,
+        placement=placement,
     )
     scores = {row["expression_id"]: row for row in pool}
     rows = [(e, scores[e.expression_id]) for e in sorted(scored, key=lambda e: e.expression_id)]
@@ -86,11 +90,17 @@ def run(inputs: EvaluateInputs, cfg: EvaluateSection) -> StageResult:
             "unscored": float(len(expressions) - len(rows)),
             "frames": float(sum(score["n_frames"] for _, score in rows)),
             "seconds": time.perf_counter() - started,
+            "nodes": float(len(placement)),
         }
     )
     metrics_uri = storage.join(inputs.out_dir, METRICS_FILE)
     storage.write_json(metrics_uri, metrics)
-    return StageResult("evaluate", {"per_expression": table_uri, "metrics": metrics_uri}, metrics, inputs.fingerprint)
+    outputs = {
+        "per_expression": table_uri,
+        "metrics": metrics_uri,
+        "placement": write_placement(inputs.out_dir, placement, "expressions"),
+    }
+    return StageResult("evaluate", outputs, metrics, inputs.fingerprint)
 
 
 def overall_metrics(rows: list[tuple[Expression, dict]]) -> dict[str, float]:

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import time
+from collections import Counter
 
 import numpy as np
 import zarr
@@ -37,6 +38,7 @@ from prvos_core.pseudo_store import (
 )
 from prvos_core.uncertainty import binary_entropy
 from stages.model_pool import ModelInputs, ModelReplica, prepare, rows_batch, run_pool
+from stages.placement import write_placement
 from stages.result import StageResult
 
 log = logging.getLogger("prvos")
@@ -56,7 +58,7 @@ def run(inputs: InferInputs, cfg: InferSection) -> StageResult:
     store = _store_for(store_uri, _inputs_digest(inputs, cfg, teacher, expressions, videos))
     done = committed_expressions(store) & set(videos)
     todo = {e.expression_id: videos[e.expression_id].n_frames for e in expressions if e.expression_id not in done}
-    pool_started = time.perf_counter()
+    pool_started, placement = time.perf_counter(), Counter()
     rows = list(
         run_pool(
             TeacherActor,
@@ -65,6 +67,7 @@ def run(inputs: InferInputs, cfg: InferSection) -> StageResult:
             cfg,
             stage="infer",
             round_index=inputs.round_index,
+            placement=placement,
         )
     )
     pool_seconds = time.perf_counter() - pool_started
@@ -84,8 +87,11 @@ def run(inputs: InferInputs, cfg: InferSection) -> StageResult:
         "seconds": time.perf_counter() - started,
         "store_bytes": float(store_bytes),
         "bytes_per_frame": store_bytes / len(rows),
+        "nodes": float(len(placement)),
     }
-    return StageResult("infer", {"pseudo": store_uri, "index": index_uri}, metrics, inputs.fingerprint)
+    placement_uri = write_placement(inputs.out_dir, placement, "expressions")
+    outputs = {"pseudo": store_uri, "index": index_uri, "placement": placement_uri}
+    return StageResult("infer", outputs, metrics, inputs.fingerprint)
 
 
 class TeacherActor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,9 @@ from prvos_core.model import read_checkpoint_meta
 from prvos_core.predict import Weights, choose_device, load_predictor, predict_expression
 from prvos_core.progress import progress_bar
 from prvos_core.text_cache import TextCache, TextNotCachedError
+from stages.placement import current_node
+
+NODE_COLUMN = "_node"
 
 
 @dataclass(frozen=True)
@@ -87,11 +91,12 @@ def run_pool(
     *,
     stage: str,
     round_index: int | None,
+    placement: Counter | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield the rows the actors return, as they finish (order not guaranteed).
 
     rows_per_expression: expression id -> how many rows its call returns; an expression counts as done for
-    the progress bar once all of them arrived.
+    the progress bar once all of them arrived. placement: counts the finished expressions per Ray node.
     """
     if not rows_per_expression:
         return
@@ -113,9 +118,12 @@ def run_pool(
         try:
             for row in rows:
                 row = {key: _plain(value) for key, value in row.items()}
+                node = row.pop(NODE_COLUMN)
                 arrived[row["expression_id"]] += 1
                 if arrived[row["expression_id"]] == rows_per_expression[row["expression_id"]]:
                     bar.update(1)
+                    if placement is not None:
+                        placement[node] += 1
                 yield row
         except ray.exceptions.RayTaskError as error:
             # A problem the user can fix (a frame gone since ingest, say) reaches them as its own line, not
@@ -190,10 +198,13 @@ class ModelReplica:
 
 
 def rows_batch(handle: Callable[[str], list[dict[str, Any]]], batch: dict[str, np.ndarray]) -> dict[str, list]:
-    """Ray Data batch of expression ids -> the column batch of the rows `handle` returns for each of them."""
+    """Ray Data batch of expression ids -> the column batch of the rows `handle` returns for each of them,
+    each tagged with the node that computed it (`run_pool` takes the tag off)."""
     rows = [row for expression_id in batch["expression_id"] for row in handle(str(expression_id))]
     assert rows, "every expression has at least one frame"
-    return {key: [row[key] for row in rows] for key in rows[0]}
+    columns = {key: [row[key] for row in rows] for key in rows[0]}
+    columns[NODE_COLUMN] = [current_node()] * len(rows)
+    return columns
 
 
 def _own_line(error: UserError) -> UserError:

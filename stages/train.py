@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,8 +28,10 @@ from prvos_core.errors import CheckpointError
 from prvos_core.manifest import read_manifest
 from prvos_core.model import EmaTeacher, build_model, clip_loss, load_checkpoint, save_checkpoint
 from prvos_core.model.builders import SIZES
+from prvos_core.model.checkpoint import META_FILE
 from prvos_core.pseudo_store import open_store
 from prvos_core.text_cache import TextCache
+from stages.placement import current_node, write_placement
 from stages.result import StageResult
 
 CHECKPOINT = "checkpoint"
@@ -59,9 +62,11 @@ def run(inputs: TrainInputs, cfg: TrainSection) -> StageResult:
     if inputs.init_checkpoint:
         _check_init_checkpoint(inputs)
     use_gpu = cfg.use_gpu == "true" or (cfg.use_gpu == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
-    storage_path = storage.join(inputs.out_dir, "ray")
+    storage_path, storage_filesystem = storage.join(inputs.out_dir, "ray"), None
     if storage.is_local(storage_path):
         storage_path = os.path.abspath(storage_path)
+    else:
+        storage_filesystem, storage_path = storage.arrow_filesystem(storage_path)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"inputs": inputs, "cfg": cfg, "use_gpu": use_gpu, "faults": faults.environment()},
@@ -71,6 +76,7 @@ def run(inputs: TrainInputs, cfg: TrainSection) -> StageResult:
         run_config=ray.train.RunConfig(
             name="student",
             storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
@@ -81,16 +87,24 @@ def run(inputs: TrainInputs, cfg: TrainSection) -> StageResult:
     final = storage.join(inputs.out_dir, CHECKPOINT)
     with tempfile.TemporaryDirectory() as local:
         result.checkpoint.to_directory(local)
-        fs, path = storage.filesystem(final)
-        fs.put(os.path.join(local, CHECKPOINT), path, recursive=True)
-    history = storage.read_json(storage.join(final, "checkpoint.json"))["history"]
+        storage.upload_folder(os.path.join(local, CHECKPOINT), final, last=META_FILE)
+    history = storage.read_json(storage.join(final, META_FILE))["history"]
     history_uri = storage.join(inputs.out_dir, "history.json")
     storage.write_json(history_uri, history)
     metrics = {key: float(value) for key, value in result.metrics.items() if isinstance(value, (int, float))}
     if history:
         metrics["loss_first_epoch"] = float(history[0]["loss"])
+    clips_per_node = Counter()
+    for epoch in history:
+        clips_per_node.update(epoch.get("clips_per_node", {}))
+    metrics["nodes"] = float(len(clips_per_node))
     metrics["seconds"] = time.perf_counter() - started
-    return StageResult("train", {"checkpoint": final, "history": history_uri}, metrics, inputs.fingerprint)
+    outputs = {
+        "checkpoint": final,
+        "history": history_uri,
+        "placement": write_placement(inputs.out_dir, clips_per_node, "clips"),
+    }
+    return StageResult("train", outputs, metrics, inputs.fingerprint)
 
 
 def _check_init_checkpoint(inputs: TrainInputs) -> None:
@@ -202,7 +216,7 @@ def train_loop(config: dict) -> None:
             words, word_mask = batch["words"].to(device), batch["word_mask"].to(device)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = model(frames, words, word_mask)
-            loss = clip_loss(logits.float(), labels, weights, rest_weight=cfg.rest_weight).total
+            loss = clip_loss(logits.float(), labels, weights, cfg.rest_weight, cfg.dice_weight).total
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -212,8 +226,14 @@ def train_loop(config: dict) -> None:
             step += 1
         schedule.step()
         totals = torch.tensor([loss_sum.item(), float(clips)], device=device)
+        placed = [(current_node(), clips)]
         if world > 1:
             torch.distributed.all_reduce(totals)
+            placed = [None] * world
+            torch.distributed.all_gather_object(placed, (current_node(), clips))
+        clips_per_node = Counter()
+        for node, count in placed:
+            clips_per_node[node] += count
         seconds = time.perf_counter() - started
         metrics = {
             "epoch": epoch,
@@ -222,6 +242,7 @@ def train_loop(config: dict) -> None:
             "clips_per_second": totals[1].item() / seconds,
             "epoch_seconds": seconds,
             "start_epoch": start_epoch,
+            "clips_per_node": dict(clips_per_node),
         }
         history.append(metrics)
         _report(metrics, history, rank, student, optimizer, teacher, inputs, cfg)

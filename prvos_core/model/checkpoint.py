@@ -6,8 +6,9 @@ A checkpoint folder holds
     ema.safetensors        the EMA teacher's state dict, same keys as the student's (optional)
     checkpoint.json        size, text_dim, trainable, epoch, step, round, the resolved run config, the
                            optimizer's param groups and non-tensor state, the EMA decay
-It is written into a staging folder beside the target and renamed into place, so a reader never sees half
-a checkpoint. Loading is strict (every key, every shape) and, as in nanoGPT, the architecture comes from
+A local checkpoint is written into a staging folder beside the target and renamed into place, so a reader
+never sees half a checkpoint; on an object store (`s3://...`, through `prvos_core.storage`) each file is one
+object and `checkpoint.json`, which every reader opens first, is uploaded last. Loading is strict (every key, every shape) and, as in nanoGPT, the architecture comes from
 `checkpoint.json`. Problems a user can cause raise CheckpointError in one line.
 """
 
@@ -26,6 +27,7 @@ import safetensors
 import safetensors.torch
 import torch
 
+from prvos_core import storage
 from prvos_core.errors import CheckpointError, StorageError
 from prvos_core.model.backbones import load_state_dict_strict
 from prvos_core.model.builders import build_model
@@ -57,8 +59,9 @@ def save_checkpoint(
     ema: EmaTeacher | None = None,
     *,
     meta: Mapping[str, Any],
-) -> Path:
-    """Write a checkpoint folder at `path_dir` (replacing one already there) and return its path.
+) -> Path | str:
+    """Write a checkpoint folder at `path_dir` (replacing one already there) and return its path (the URI as
+    given for an object store).
 
     meta: "epoch", "step", "round" (ints), optionally "config" (the resolved run config as plain data) and
     any other JSON-serialisable entries, all kept in checkpoint.json.
@@ -67,7 +70,6 @@ def save_checkpoint(
     reserved = sorted(set(meta) & set(RESERVED_META))
     if missing or reserved:
         raise ValueError(f"checkpoint meta lacks {missing} or sets keys save_checkpoint writes itself: {reserved}")
-    path_dir = Path(path_dir)
     record: dict[str, Any] = {
         "config": {},
         **meta,
@@ -88,21 +90,34 @@ def save_checkpoint(
         text = json.dumps(record, indent=2)
     except (TypeError, ValueError) as error:
         raise ValueError(f"checkpoint meta must be JSON-serialisable: {error}") from None
+    if not storage.is_local(str(path_dir)):
+        with tempfile.TemporaryDirectory() as folder:
+            _write_files(Path(folder), files, text, path_dir)
+            storage.upload_folder(folder, str(path_dir), last=META_FILE)
+        return path_dir
+    path_dir = Path(path_dir)
     try:
         path_dir.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{path_dir.name}.", suffix=".staging", dir=path_dir.parent))
     except OSError as error:
         raise StorageError(f"cannot write checkpoint {path_dir} ({error.strerror}); check the folder") from None
     try:
-        for name, tensors in files.items():
-            safetensors.torch.save_file(tensors, staging / name)
-        (staging / META_FILE).write_text(text, encoding="utf-8")
+        _write_files(staging, files, text, path_dir)
         _move_into_place(staging, path_dir)
     except OSError as error:
         raise StorageError(f"cannot write checkpoint {path_dir} ({error.strerror}); check free space") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path_dir
+
+
+def _write_files(folder: Path, files: dict[str, dict[str, torch.Tensor]], meta_text: str, target) -> None:
+    try:
+        for name, tensors in files.items():
+            safetensors.torch.save_file(tensors, folder / name)
+        (folder / META_FILE).write_text(meta_text, encoding="utf-8")
+    except OSError as error:
+        raise StorageError(f"cannot write checkpoint {target} ({error.strerror}); check free space") from None
 
 
 def load_checkpoint(
@@ -122,15 +137,15 @@ def load_checkpoint(
     """
     if optimizer is not None and model is None:
         raise ValueError("restoring an optimizer needs the model its parameters belong to")
-    path_dir = Path(path_dir)
     meta = read_checkpoint_meta(path_dir)
     if model is None:
         model = build_model(meta["size"], text_dim=meta["text_dim"], pretrained=False, trainable=meta["trainable"])
-    load_state_dict_strict(model, _read_tensors(path_dir / MODEL_FILE), f"checkpoint {path_dir / MODEL_FILE}")
+    model_file, ema_file = _member(path_dir, MODEL_FILE), _member(path_dir, EMA_FILE)
+    load_state_dict_strict(model, _read_tensors(model_file), f"checkpoint {model_file}")
     model.to(device)
-    if (path_dir / EMA_FILE).is_file():
+    if storage.exists(ema_file):
         ema = ema if ema is not None else EmaTeacher(model, decay=meta["ema_decay"])
-        load_state_dict_strict(ema.model, _read_tensors(path_dir / EMA_FILE), f"checkpoint {path_dir / EMA_FILE}")
+        load_state_dict_strict(ema.model, _read_tensors(ema_file), f"checkpoint {ema_file}")
         ema.to(device)
     elif ema is not None:
         raise CheckpointError(f"checkpoint {path_dir} has no {EMA_FILE}; start the EMA teacher from the model instead")
@@ -141,11 +156,11 @@ def load_checkpoint(
 
 def load_optimizer_state(path_dir: str | Path, optimizer: torch.optim.Optimizer) -> None:
     """Restore an optimizer saved with the checkpoint; its parameters must be the saved model's, in order."""
-    path_dir = Path(path_dir)
     saved = read_checkpoint_meta(path_dir)["optimizer"]
-    if saved is None or not (path_dir / OPTIMIZER_FILE).is_file():
+    optimizer_file = _member(path_dir, OPTIMIZER_FILE)
+    if saved is None or not storage.exists(optimizer_file):
         raise CheckpointError(f"checkpoint {path_dir} has no optimizer state; start a fresh optimizer instead")
-    state = _unflatten_optimizer(_read_tensors(path_dir / OPTIMIZER_FILE), saved, optimizer.param_groups)
+    state = _unflatten_optimizer(_read_tensors(optimizer_file), saved, optimizer.param_groups)
     try:
         optimizer.load_state_dict(state)
     except (ValueError, KeyError) as error:
@@ -154,12 +169,12 @@ def load_optimizer_state(path_dir: str | Path, optimizer: torch.optim.Optimizer)
 
 def read_checkpoint_meta(path_dir: str | Path) -> dict[str, Any]:
     """checkpoint.json of a checkpoint folder, checked for the keys loading needs."""
-    path = Path(path_dir) / META_FILE
-    if not path.is_file():
+    path = _member(path_dir, META_FILE)
+    if not storage.exists(path):
         raise CheckpointError(f"{path} not found; pass a checkpoint folder written by save_checkpoint")
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        meta = json.loads(storage.read_bytes(path).decode("utf-8"))
+    except (StorageError, OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CheckpointError(f"{path} is unreadable ({type(error).__name__}); the checkpoint is corrupt") from None
     needed = (*RESERVED_META, *REQUIRED_META)
     lacking = [key for key in needed if not isinstance(meta, dict) or key not in meta]
@@ -172,12 +187,19 @@ def read_checkpoint_meta(path_dir: str | Path) -> dict[str, Any]:
     return meta
 
 
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
+def _member(path_dir: str | Path, name: str) -> str:
+    """The URI of file `name` of a checkpoint folder (a local path or an fsspec URL)."""
+    return storage.join(os.fspath(path_dir), name)
+
+
+def _read_tensors(path: str) -> dict[str, torch.Tensor]:
+    if not storage.exists(path):
         raise CheckpointError(f"{path} not found; the checkpoint is incomplete, save it again")
     try:
-        return safetensors.torch.load_file(path)
-    except (safetensors.SafetensorError, OSError) as error:
+        if storage.is_local(path):
+            return safetensors.torch.load_file(path)  # memory-mapped
+        return safetensors.torch.load(storage.read_bytes(path))
+    except (safetensors.SafetensorError, StorageError, OSError) as error:
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise CheckpointError(f"{path} is corrupt ({first_line}); save the checkpoint again") from None
 
