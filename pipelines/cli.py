@@ -131,7 +131,7 @@ def run(
 
 @app.command("resume")
 def resume(
-    run: Annotated[Path, typer.Argument(help="Run folder (<run.root>/<run_id>).")],
+    run: Annotated[str, typer.Argument(help="Run folder (<run.root>/<run_id>): a path or an s3:// URI.")],
     address: Annotated[str | None, typer.Option(help="Ray cluster to join.")] = None,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking server.")] = None,
 ) -> None:
@@ -142,7 +142,7 @@ def resume(
     from pipelines.run_store import open_run
     from prvos_core.config import config_from_dict
 
-    store = open_run(str(run.resolve()))
+    store = open_run(_run_folder(run))
     raw = store.read_config_dict()
     raw.setdefault("run", {})["root"] = store.root
     config = config_from_dict(raw, source=f"{store.run_dir}/config.yaml")
@@ -172,7 +172,9 @@ def demo(
 
 @app.command("status")
 def status(
-    run: Annotated[Path | None, typer.Argument(help="Run folder; default: list the runs under --root.")] = None,
+    run: Annotated[
+        str | None, typer.Argument(help="Run folder (a path or an s3:// URI); default: list the runs under --root.")
+    ] = None,
     root: Annotated[Path, typer.Option(help="Run store root to list.")] = Path("runs"),
     verify: Annotated[
         bool, typer.Option("--verify", help="Re-check every committed stage's files against its checksums.")
@@ -190,7 +192,7 @@ def status(
         for name in runs:
             out.print(str(root / name))
         return
-    store = open_run(str(run.resolve()))
+    store = open_run(_run_folder(run))
     out.print(status_table(store))
     if verify:
         _verify(store, out)
@@ -275,6 +277,11 @@ def predict(
     )
 
 
+def _run_folder(run: str) -> str:
+    """A run folder argument as a URI: local paths made absolute, object store URIs (s3://...) kept."""
+    return run if "://" in run else str(Path(run).resolve())
+
+
 def _absolute_paths(config: Path, overrides: list[str]) -> list[str]:
     """Relative local run.root / data.root become absolute, so a run can be resumed from any folder."""
     import yaml
@@ -302,7 +309,7 @@ def _run(config, run_id: str | None, stages, address: str | None, tracking_uri: 
     from pipelines.run_store import RunStore, new_run_id
 
     store = RunStore(config.run.root, run_id or config.run.run_id or new_run_id(config.name))
-    with RunLock(store.run_dir), ray_session(address):
+    with RunLock(store.run_dir), ray_session(address, shared_paths=(config.run.root, config.data.root)):
         report = run_pipeline(config, run_id=store.run_id, stages=stages, tracking_uri=tracking_uri, verify=verify)
     out = Console()
     table = Table(title=f"run {report.store.run_id}  ({report.store.run_dir})")
