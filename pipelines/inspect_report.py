@@ -14,6 +14,7 @@ the teacher's mean entropy on their frames without ground truth; `expression_id`
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import os
 import time
@@ -135,16 +136,16 @@ def _choose(index, expressions: dict[str, Expression], videos: dict, expression_
             count: int) -> list[_Chosen]:  # fmt: skip
     """The asked expression, or the `count` most and least confident (half each) by the teacher's mean
     entropy over each expression's frames without ground truth (all its frames when every one has GT)."""
-    entropy: dict[str, list[float]] = {}
-    rows = index.select(["expression_id", "frame", "mean_entropy"]).to_pylist()
-    for row in rows:
+    pseudo: dict[str, list[float]] = {}
+    every: dict[str, list[float]] = {}
+    for row in index.select(["expression_id", "frame", "mean_entropy"]).to_pylist():
         expression = expressions.get(row["expression_id"])
-        if expression is not None and row["frame"] not in expression.gt_frames:
-            entropy.setdefault(row["expression_id"], []).append(row["mean_entropy"])
-    for row in rows:
-        if row["expression_id"] in expressions and row["expression_id"] not in entropy:
-            entropy.setdefault(f"gt:{row['expression_id']}", []).append(row["mean_entropy"])
-    means = {key.removeprefix("gt:"): float(np.mean(values)) for key, values in entropy.items()}
+        if expression is None:
+            continue
+        every.setdefault(expression.expression_id, []).append(row["mean_entropy"])
+        if row["frame"] not in expression.gt_frames:
+            pseudo.setdefault(expression.expression_id, []).append(row["mean_entropy"])
+    means = {e: float(np.mean(pseudo.get(e) or values)) for e, values in every.items()}
     ranked = sorted(means, key=lambda e: (means[e], e))
 
     def item(e: str, why: str) -> _Chosen:
@@ -170,7 +171,9 @@ def _choose(index, expressions: dict[str, Expression], videos: dict, expression_
 
 def _decisions(frames_table, expression_id: str) -> list[FrameDecisionRow]:
     own = frames_table.filter(pc.equal(frames_table["expression_id"], expression_id))
-    return [FrameDecisionRow(**{k: v for k, v in row.items() if k != "expression_id"}) for row in own.to_pylist()]
+    # Only the columns the picture uses: a column refine adds later does not break older reports.
+    names = [field.name for field in dataclasses.fields(FrameDecisionRow)]
+    return [FrameDecisionRow(**row) for row in own.select(names).to_pylist()]
 
 
 def _strip(item: _Chosen, pseudo_store, refined_store, decisions: list[FrameDecisionRow],

@@ -92,11 +92,10 @@ def weight_picture(weight: np.ndarray, label: np.ndarray) -> np.ndarray:
 
 def overlay_mask(frame: np.ndarray, mask: np.ndarray, color: RGB = OBJECT, alpha: float = 0.45) -> np.ndarray:
     """The frame (H, W, 3) with a {0, 1} mask (H, W) tinted in `color` and outlined."""
-    picture = frame.copy()
     inside = mask.astype(bool)
-    tint = np.asarray(color, dtype=np.float32)
-    picture[inside] = np.round(picture[inside] * (1 - alpha) + tint * alpha).astype(np.uint8)
-    contours, _ = cv2.findContours(inside.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    tinted = cv2.addWeighted(frame, 1 - alpha, np.full_like(frame, color), alpha, 0)
+    picture = np.where(inside[..., None], tinted, frame)
+    contours, _ = cv2.findContours(inside.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     thickness = max(1, round(min(frame.shape[:2]) / 240))
     cv2.drawContours(picture, contours, -1, color, thickness)
     return picture

@@ -98,6 +98,7 @@ def test_user_errors_are_one_line(checkpoint, shared_data, tmp_path):
         (dict(checkpoint=checkpoint, video=tmp_path / "missing.mp4", text="a", out=tmp_path / "o"), "no such file"),
         (dict(checkpoint=checkpoint, video=tmp_path / "empty", text="a", out=tmp_path / "o"), "no frames"),
         (dict(checkpoint=checkpoint, video=folder, text="a", out=tmp_path / "theirs"), "not an earlier"),
+        (dict(checkpoint=checkpoint, video=folder, text="a", out=tmp_path / "o", threads=0), "--threads"),
     ]
     for kwargs, fragment in cases:
         with pytest.raises(UserError) as raised:
