@@ -264,13 +264,16 @@ def predict(
     ] = None,
     weights: Annotated[str, typer.Option(help="student or ema (the EMA teacher, when saved).")] = "student",
     fps: Annotated[float | None, typer.Option(help="Overlay frame rate (default: the video's, or 10).")] = None,
+    threads: Annotated[int, typer.Option(help="Torch CPU threads (1 suits the tiny model; more for r50).")] = 1,
 ) -> None:
     """Segment the object a sentence refers to in every frame of a video with a trained checkpoint."""
     from prvos_core.predict_video import predict_video
 
     if weights not in ("student", "ema"):
         raise UserError(f"--weights must be student or ema (got {weights!r})")
-    result = predict_video(checkpoint, video, text, out, text_encoder=text_encoder, weights=weights, fps=fps)
+    result = predict_video(
+        checkpoint, video, text, out, text_encoder=text_encoder, weights=weights, fps=fps, threads=threads
+    )
     typer.echo(
         f"wrote {result.frames} masks and overlay.mp4 to {result.out} ({result.frames_per_second:.1f} frames/s; "
         f"object found in {result.foreground_frames} frames)"
