@@ -48,6 +48,10 @@ class RefineConfig:
     min_weight: float = 0.25  # 'confidence' weighting: weight of a kept pixel exactly at its class threshold
     frames_per_expression: int | None = 3  # K most certain frames kept per expression, as in the seed; None/<=0: all
     min_kept_ratio: float = 0.0  # a frame keeping fewer of its pixels than this is rejected (0: no minimum)
+    # A frame whose predicted object area is outside [min, max] x the mean area on the expression's annotated
+    # frames is rejected: the teacher lost the object (or took in a neighbour). 0 / null disable a bound.
+    min_area_ratio: float = 0.5
+    max_area_ratio: float | None = 2.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -69,6 +73,11 @@ class RefineConfig:
             )
         if not 0.0 <= self.min_kept_ratio <= 1.0:
             problems.append(f"refine.min_kept_ratio must be in [0, 1] (got {self.min_kept_ratio}); 0 disables it")
+        if self.min_area_ratio < 0 or (self.max_area_ratio is not None and self.max_area_ratio < self.min_area_ratio):
+            problems.append(
+                f"refine.min_area_ratio and refine.max_area_ratio must satisfy 0 <= min <= max "
+                f"(got {self.min_area_ratio}, {self.max_area_ratio}); e.g. 0.5 and 2, or 0 and null to disable"
+            )
         if problems:
             raise ConfigError("; ".join(problems))
 
@@ -218,8 +227,10 @@ def refine_expression(
     min_weight where the keep decision starts and reaches 1 at certainty, so it moves with each round's
     thresholds. (1 - uncertainty would fall steeply, 0.28 at p = 0.8, and depend on the uncertainty estimate's
     scale.) Frames without GT are ranked by mean uncertainty, ties by frame index; those with a kept-pixel
-    ratio below cfg.min_kept_ratio are rejected, and the K most certain of the rest are kept. Rejected frames
-    become all-ignore.
+    ratio below cfg.min_kept_ratio, or whose predicted object area (p > 0.5) is outside
+    [cfg.min_area_ratio, cfg.max_area_ratio] x the mean object area of the GT frames, are rejected, and the K
+    most certain of the rest are kept. Rejected frames become all-ignore. The area rule matters because mean
+    uncertainty alone ranks a frame where the teacher confidently sees no object first.
     """
     prob = np.asarray(prob, dtype=np.float32)
     uncertainty = np.asarray(uncertainty, dtype=np.float32)
@@ -243,7 +254,9 @@ def refine_expression(
         pseudo += pseudo_label_quality(label[t], mask)
         teacher += teacher_quality(prob[t], mask)
 
-    frames = _choose_frames(frame_entropy, kept_ratio, set(gt), cfg)
+    area = predicted_foreground(prob).reshape(len(prob), -1).mean(axis=1)
+    gt_area = float(np.mean([mask.mean() for mask in gt.values()])) if gt else None
+    frames = _choose_frames(frame_entropy, kept_ratio, area, gt_area, set(gt), cfg)
     for decision in frames:
         t = decision.frame_index
         if decision.source == "ground_truth":
@@ -277,8 +290,26 @@ def _pixel_labels(prob: np.ndarray, thresholds: Thresholds, cfg: RefineConfig) -
     return label, np.clip(weight, 0.0, 1.0).astype(np.float32)
 
 
+def _area_problem(area: float, gt_area: float | None, cfg: RefineConfig) -> str | None:
+    """Why a frame's predicted object area (share of its pixels) is implausible next to the GT frames', or None."""
+    if gt_area is None or gt_area <= 0:
+        return None
+    ratio = area / gt_area
+    too_small = ratio < cfg.min_area_ratio
+    too_large = cfg.max_area_ratio is not None and ratio > cfg.max_area_ratio
+    if not (too_small or too_large):
+        return None
+    bounds = f"[{cfg.min_area_ratio:g}, {'inf' if cfg.max_area_ratio is None else f'{cfg.max_area_ratio:g}'}]"
+    return f"predicted object area {ratio:.2f}x the annotated frames' mean, outside {bounds}"
+
+
 def _choose_frames(
-    frame_entropy: np.ndarray, kept_ratio: np.ndarray, gt_frames: set[int], cfg: RefineConfig
+    frame_entropy: np.ndarray,
+    kept_ratio: np.ndarray,
+    area: np.ndarray,
+    gt_area: float | None,
+    gt_frames: set[int],
+    cfg: RefineConfig,
 ) -> tuple[FrameDecision, ...]:
     """One decision per frame: GT frames kept as GT; the others ranked by mean entropy, ties by index."""
     decisions = {
@@ -295,6 +326,8 @@ def _choose_frames(
             keep, reason = True, f"{ranked}; refinement disabled, every frame kept"
         elif kept_ratio[t] < cfg.min_kept_ratio:
             keep, reason = False, f"{ranked}; kept-pixel ratio {kept_ratio[t]:.2f} below min {cfg.min_kept_ratio:.2f}"
+        elif problem := _area_problem(float(area[t]), gt_area, cfg):
+            keep, reason = False, f"{ranked}; {problem}"
         elif kept >= limit:
             keep, reason = False, f"{ranked}; top {limit} already kept"
         else:

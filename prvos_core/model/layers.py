@@ -115,10 +115,15 @@ class _Refine(nn.Module):
 
 
 class RefineDecoder(nn.Module):
-    """res4 (+ memory readout + cross-modal res5) -> res3 -> res2 -> 2-class logits at input resolution.
+    """res4 (+ memory readout + cross-modal res5) -> res3 -> res2 -> 2-class logits at input resolution, each
+    level modulated by the sentence (FiLM: x * (1 + gamma) + beta, gamma and beta from the sentence vector).
+
+    The cross-modal res5 map is coarse (2 x 2 for a 64-pixel frame), too coarse to tell two nearby objects
+    apart; the sentence modulation lets the finer levels select by what the words say (colour, shape, size).
+    It starts as the identity (zero-initialised), so the decoder begins as the plain STM refine decoder.
 
     features {"res2": (N,C2,H/4,W/4), "res3": (N,C3,H/8,W/8), "res4": (N,C4,H/16,W/16)},
-    text_visual (N,C,H/32,W/32), readout (N,Cv,H/16,W/16) -> logits (N,2,H,W).
+    text_visual (N,C,H/32,W/32), readout (N,Cv,H/16,W/16), sentence (N,C) -> logits (N,2,H,W).
     """
 
     def __init__(self, channels: tuple[int, int, int], width: int, value_dim: int, decoder_dim: int) -> None:
@@ -129,6 +134,9 @@ class RefineDecoder(nn.Module):
         self.refine3 = _Refine(c3, decoder_dim)
         self.refine2 = _Refine(c2, decoder_dim)
         self.predict = nn.Conv2d(decoder_dim, 2, 3, padding=1)
+        self.film = nn.Linear(width, 3 * 2 * decoder_dim)  # (gamma, beta) for x4, x3, x2
+        nn.init.zeros_(self.film.weight)
+        nn.init.zeros_(self.film.bias)
 
     def forward(
         self,
@@ -136,11 +144,14 @@ class RefineDecoder(nn.Module):
         text_visual: torch.Tensor,
         readout: torch.Tensor,
         size: tuple[int, int],
+        sentence: torch.Tensor,
     ) -> torch.Tensor:
         res4 = features["res4"]
         text_up = F.interpolate(text_visual, size=res4.shape[-2:], mode="bilinear", align_corners=False)
+        film = self.film(sentence).to(res4.dtype)[:, :, None, None].chunk(6, dim=1)
         x4 = self.block4(self.fuse4(torch.cat([res4, readout, text_up], dim=1)))
-        x3 = self.refine3(features["res3"], x4)
-        x2 = self.refine2(features["res2"], x3)
+        x4 = x4 * (1 + film[0]) + film[1]
+        x3 = self.refine3(features["res3"], x4) * (1 + film[2]) + film[3]
+        x2 = self.refine2(features["res2"], x3) * (1 + film[4]) + film[5]
         logits = self.predict(F.relu(x2))
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)

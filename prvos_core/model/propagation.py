@@ -75,6 +75,7 @@ def iter_propagate(
     memory = MemoryBank(memory_size)
     word_mask = word_mask.to(device).unsqueeze(0)
     text = model.encode_text(words.to(device).unsqueeze(0), word_mask)
+    sentence = model.sentence(text, word_mask)
     for t in range(frames.shape[0]):
         frame = frames[t : t + 1].to(device)
         features = model.encode_frame(frame)
@@ -85,7 +86,7 @@ def iter_propagate(
             if len(memory):
                 readout = model.read_memory(features["key"], *memory.stacked())
             text_visual = model.attend_words(features["res5"], text, word_mask)
-            logits = model.decode(features, text_visual, readout, size)
+            logits = model.decode(features, text_visual, readout, size, sentence)
             prob = logits.float().softmax(dim=1)[:, 1]
         memory.add(*model.encode_memory(features, frame, prob))
         yield prob[0]

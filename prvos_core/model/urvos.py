@@ -5,9 +5,10 @@ Steps, for N frames of size H x W (frames are float in [0, 1]):
 - `encode_frame(images)`: backbone res2..res5 + the frame's memory key at res4.
 - `encode_text(words, word_mask)`: text-encoder token embeddings (width Dt) -> model width.
 - `attend_words(res5, text, word_mask)`: cross-modal attention of res5 pixels to the words.
+- `sentence(text, word_mask)`: the mean of the projected words, which modulates every decoder level.
 - `encode_memory(features, frame, mask_prob)`: (key, value) of a frame whose mask is known or predicted.
 - `read_memory(query_key, memory_keys, memory_values)`: space-time memory read at res4.
-- `decode(features, text_visual, readout, size)`: refine decoder -> 2-class logits at input resolution.
+- `decode(features, text_visual, readout, size, sentence)`: refine decoder -> 2-class logits at input resolution.
 
 `forward_clip` chains them over a clip for training; `prvos_core.model.propagation` chains them for inference.
 The numbers (widths, heads, backbone) live in `builders.py`; this module only takes a `ModelSpec`.
@@ -92,6 +93,12 @@ class URVOS(nn.Module):
         """res5 (N,C5,h,w), text (N,L,C) from `encode_text`, word_mask (N,L) -> text_visual (N,C,h,w)."""
         return self.cross_modal(res5, text, word_mask)
 
+    @staticmethod
+    def sentence(text: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
+        """text (N,L,C) from `encode_text`, word_mask (N,L) -> (N,C) mean of the real tokens."""
+        weights = word_mask.to(text.dtype).unsqueeze(-1)
+        return (text * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
     def encode_memory(
         self, features: dict[str, torch.Tensor], frame: torch.Tensor, mask_prob: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,13 +117,15 @@ class URVOS(nn.Module):
         text_visual: torch.Tensor,
         readout: torch.Tensor | None,
         size: tuple[int, int],
+        sentence: torch.Tensor,
     ) -> torch.Tensor:
         """features (from `encode_frame`), text_visual (N,C,h5,w5), readout (N,Cv,h4,w4) or None for a frame without
-        memory (read as zeros), size (H,W) -> logits (N,2,H,W), class 1 = the referred object."""
+        memory (read as zeros), size (H,W), sentence (N,C) from `sentence` -> logits (N,2,H,W), class 1 = the
+        referred object."""
         if readout is None:
             res4 = features["res4"]
             readout = res4.new_zeros(res4.shape[0], self.spec.value_dim, *res4.shape[-2:])
-        return self.decoder(features, text_visual, readout, size)
+        return self.decoder(features, text_visual, readout, size, sentence)
 
     # --- clip training -----------------------------------------------------------------------------------
 
@@ -144,6 +153,7 @@ class URVOS(nn.Module):
         # The backbone and cross-modal attention do not depend on memory: one batched call for all frames.
         features = self.encode_frame(frames.flatten(0, 1))
         text = self.encode_text(words, word_mask)
+        sentence = self.sentence(text, word_mask)
         text_visual = self.attend_words(
             features["res5"], text.repeat_interleave(length, 0), word_mask.repeat_interleave(length, 0)
         )
@@ -157,7 +167,7 @@ class URVOS(nn.Module):
             readout = None
             if keys:
                 readout = self.read_memory(frame_features["key"], torch.stack(keys, 2), torch.stack(values, 2))
-            frame_logits = self.decode(frame_features, text_visual[:, t], readout, size)
+            frame_logits = self.decode(frame_features, text_visual[:, t], readout, size, sentence)
             logits.append(frame_logits)
             if t == length - 1:
                 break

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from prvos_core.model.loss import IGNORE_INDEX, clip_loss, weighted_cross_entropy
+from prvos_core.model.loss import IGNORE_INDEX, clip_loss, soft_dice_loss, weighted_cross_entropy
 
 
 def _hand_cross_entropy(background: float, foreground: float, label: int) -> float:
@@ -112,3 +112,46 @@ def test_one_frame_clip_has_no_rest_term_and_shapes_are_checked():
     assert float(loss.rest) == 0.0 and float(loss.total) == pytest.approx(float(loss.first))
     with pytest.raises(ValueError, match="disagree"):
         clip_loss(logits, torch.zeros(2, 1, 4, 5, dtype=torch.long))
+
+
+def test_soft_dice_equals_hand_computation_per_frame_and_skips_unlabelled_frames():
+    # Frame 0: p = (0.9, 0.2 | 0.5, ignored), labels (1, 0 | 1, X), weights (1, 1 | 0.5, 1).
+    logits = torch.zeros(3, 2, 2, 2)
+    probs = torch.tensor([[0.9, 0.2], [0.5, 0.7]])
+    logits[0, 1] = torch.log(probs / (1 - probs))  # softmax([0, l])[1] = sigmoid(l) = p
+    labels = torch.tensor([[[1, 0], [1, IGNORE_INDEX]], [[0, 0], [0, 0]], [[IGNORE_INDEX] * 2] * 2])
+    weights = torch.tensor([[[1.0, 1.0], [0.5, 1.0]], [[1.0] * 2] * 2, [[1.0] * 2] * 2])
+    # Frame 0: 1 - (2 * (0.9 + 0.5 * 0.5) + 1) / ((0.9 + 1) + 0.2 + 0.5 * (0.5 + 1) + 1); frame 1 (no object,
+    # p = 0.5 everywhere): 1 - 1 / (4 * 0.5 + 1); frame 2 is all ignored and left out of the mean.
+    frame0 = 1 - (2 * (0.9 + 0.25) + 1) / (1.9 + 0.2 + 0.75 + 1)
+    frame1 = 1 - 1 / (2.0 + 1)
+    loss = soft_dice_loss(logits, labels, weights)
+    assert loss.item() == pytest.approx((frame0 + frame1) / 2, abs=1e-5)
+
+
+def test_soft_dice_is_small_for_a_good_mask_of_a_small_object_where_cross_entropy_is_not_enough():
+    labels = torch.zeros(1, 32, 32, dtype=torch.long)
+    labels[0, :4, :4] = 1  # 1.6% of the pixels
+    everything_background = torch.zeros(1, 2, 32, 32)
+    everything_background[:, 0] = 4.0
+    right = torch.zeros(1, 2, 32, 32)
+    right[:, 0] = 8.0  # confident background: p = 3e-4 per pixel
+    right[0, 1, :4, :4] = 16.0
+    # Predicting background everywhere costs little cross-entropy but nearly the full Dice loss.
+    assert weighted_cross_entropy(everything_background, labels).item() < 0.1
+    assert soft_dice_loss(everything_background, labels).item() > 0.85
+    assert soft_dice_loss(right, labels).item() < 0.05
+
+
+def test_dice_term_is_added_with_its_weight_and_has_gradients():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 2, 8, 8, requires_grad=True)
+    labels = torch.randint(0, 2, (2, 3, 8, 8))
+    plain = clip_loss(logits, labels, rest_weight=10.0)
+    with_dice = clip_loss(logits, labels, rest_weight=10.0, dice_weight=2.0)
+    assert plain.dice.item() == 0.0
+    expected_dice = soft_dice_loss(logits.flatten(0, 1), labels.flatten(0, 1))
+    assert with_dice.dice.item() == pytest.approx(expected_dice.item(), rel=1e-6)
+    assert with_dice.total.item() == pytest.approx(plain.total.item() + 2.0 * expected_dice.item(), rel=1e-6)
+    with_dice.total.backward()
+    assert logits.grad is not None and torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0

@@ -272,3 +272,31 @@ def test_thresholds_must_lie_in_the_confidence_range():
         Thresholds(fg=1.0, bg=0.7)
     with pytest.raises(ValueError, match="thresholds"):
         Thresholds(fg=0.8, bg=0.4)
+
+
+def test_frames_whose_object_area_disagrees_with_the_annotated_frames_are_rejected():
+    # 4 frames of 2 x 4; frame 0 has GT covering 2 of 8 pixels (area 0.25).
+    prob = np.zeros((4, 2, 4), dtype=np.float32)
+    gt_mask = np.array([[1, 1, 0, 0], [0, 0, 0, 0]], dtype=np.uint8)
+    prob[1] = 0.0  # the teacher sees no object: confidently background, the lowest entropy
+    prob[2, 0, :2] = 0.99  # the object, area 0.25: ratio 1
+    prob[3, :, :] = 0.99  # everything foreground: area 1.0, ratio 4
+    uncertainty = np.zeros_like(prob)
+    uncertainty[2] = 0.1  # frame 2 is the least certain of the three, yet the only plausible one
+    refined = _refine(prob, RefineConfig(frames_per_expression=3), uncertainty, gt={0: gt_mask})
+    assert refined.pseudo_frames == (2,)
+    assert refined.frames[1].reason == (
+        "rank 1 of 3 by mean entropy 0.000; predicted object area 0.00x the annotated frames' mean, outside [0.5, 2]"
+    )
+    assert "area 4.00x" in refined.frames[3].reason and not refined.frames[3].kept
+    np.testing.assert_array_equal(refined.label[1], np.full((2, 4), X))
+    # Disabled bounds keep all three.
+    loose = RefineConfig(frames_per_expression=3, min_area_ratio=0.0, max_area_ratio=None)
+    assert _refine(prob, loose, uncertainty, gt={0: gt_mask}).pseudo_frames == (1, 2, 3)
+    # Without GT there is no reference area: nothing is rejected for its area.
+    assert _refine(prob, RefineConfig(frames_per_expression=4), uncertainty).pseudo_frames == (0, 1, 2, 3)
+
+
+def test_area_bounds_are_checked():
+    with pytest.raises(ConfigError, match="min_area_ratio"):
+        RefineConfig(min_area_ratio=3.0, max_area_ratio=2.0)
