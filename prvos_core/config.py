@@ -132,6 +132,7 @@ class TrainSection(Section):
     lr_gamma: float = Field(0.5, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     rest_weight: float = Field(10.0, ge=0)  # L = L_first + rest_weight * L_rest (the seed: 10)
+    dice_weight: float = Field(0.0, ge=0)  # + dice_weight * soft Dice of the foreground (the seed: none)
     ema_decay: float = Field(0.99, ge=0, lt=1)  # EMA teacher decay, updated every step
     init: Literal["previous", "scratch"] = "previous"  # round r > 0 starts from student r-1, or afresh
     gt_source: Literal["annotations", "full_annotations"] = "annotations"  # full: the upper-bound ablation
