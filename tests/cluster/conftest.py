@@ -28,21 +28,21 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def stop_group(process: subprocess.Popen, grace: float = 10.0) -> None:
-    """SIGTERM to the process group we started, SIGKILL to what is left after `grace` seconds."""
-    if process.poll() is not None and not _group_alive(process.pid):
-        return
+def stop_groups(processes: list[subprocess.Popen], grace: float = 10.0) -> None:
+    """SIGTERM to the process groups we started (each process leads its own), SIGKILL to what is left of
+    them after `grace` seconds."""
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
+        alive = [process for process in processes if _group_alive(process.pid)]
+        for process in alive:
+            try:
+                os.killpg(process.pid, sig)
+            except ProcessLookupError:
+                pass
         deadline = time.time() + wait
-        while time.time() < deadline and _group_alive(process.pid):
-            process.poll()
+        while time.time() < deadline and any(_group_alive(process.pid) for process in alive):
+            for process in alive:
+                process.poll()  # reaps the leader, so it does not linger as a zombie
             time.sleep(0.2)
-        if not _group_alive(process.pid):
-            return
 
 
 def _group_alive(pgid: int) -> bool:
@@ -111,7 +111,7 @@ def s3_server(tmp_path_factory):
         urllib.request.urlopen(request, timeout=10).close()
         yield env
     finally:
-        stop_group(server, grace=5.0)
+        stop_groups([server], grace=5.0)
 
 
 @pytest.fixture
@@ -171,8 +171,7 @@ class RayNodes:
         self._wait_for_nodes(2)
 
     def stop(self) -> None:
-        for process in reversed(self.processes):
-            stop_group(process)
+        stop_groups(self.processes)
         for folder in (self.head_dir, self.worker_dir):
             kill_leftovers(folder)
             shutil.rmtree(folder, ignore_errors=True)
