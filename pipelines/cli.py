@@ -265,15 +265,18 @@ def predict(
     weights: Annotated[str, typer.Option(help="student or ema (the EMA teacher, when saved).")] = "student",
     fps: Annotated[float | None, typer.Option(help="Overlay frame rate (default: the video's, or 10).")] = None,
     threads: Annotated[int, typer.Option(help="Torch CPU threads (1 suits the tiny model; more for r50).")] = 1,
+    device: Annotated[str, typer.Option(help="auto (CUDA when there is one), cpu or cuda.")] = "auto",
 ) -> None:
     """Segment the object a sentence refers to in every frame of a video with a trained checkpoint."""
+    from prvos_core.predict import resolve_device
     from prvos_core.predict_video import predict_video
 
     if weights not in ("student", "ema"):
         raise UserError(f"--weights must be student or ema (got {weights!r})")
     result = predict_video(
-        checkpoint, video, text, out, text_encoder=text_encoder, weights=weights, fps=fps, threads=threads
-    )
+        checkpoint, video, text, out, text_encoder=text_encoder, weights=weights, fps=fps, threads=threads,
+        device=resolve_device(device),
+    )  # fmt: skip
     typer.echo(
         f"wrote {result.frames} masks and overlay.mp4 to {result.out} ({result.frames_per_second:.1f} frames/s; "
         f"object found in {result.foreground_frames} frames)"

@@ -194,6 +194,7 @@ class _Context:
                 seed=config.run.seed,
                 round_index=round_index,
                 fingerprint=stage_fingerprint,
+                text=config.text,
             )
             return train.run(train_inputs, config.train)
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from prvos_core import storage
+from prvos_core.errors import UserError
 from prvos_core.frames import decode_frame, read_object_mask, resize_frame, resize_map
 from prvos_core.layout import SplitPaths
 from prvos_core.manifest import Expression, Video
@@ -30,6 +31,17 @@ Weights = Literal["ema", "student"]
 def choose_device(gpus: float) -> torch.device:
     """'cuda' when the caller was given GPUs and one is visible, else 'cpu'."""
     return torch.device("cuda" if gpus > 0 and torch.cuda.is_available() else "cpu")
+
+
+def resolve_device(name: str) -> str:
+    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; 'cpu' and 'cuda' as given (cuda must exist)."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name not in ("cpu", "cuda"):
+        raise UserError(f"device {name!r} is unknown; use auto, cpu or cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device cuda was asked for but no GPU is visible; use --device auto or cpu")
+    return name
 
 
 def load_predictor(checkpoint: str, weights: Weights, device: torch.device) -> URVOS:

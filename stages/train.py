@@ -23,7 +23,7 @@ from ray.train.torch import TorchTrainer
 
 from prvos_core import faults, storage
 from prvos_core.clips import ClipDataset, ClipSource, ClipSpec, collate_clips
-from prvos_core.config import ModelSection, TrainSection
+from prvos_core.config import ModelSection, TextSection, TrainSection
 from prvos_core.errors import CheckpointError
 from prvos_core.manifest import read_manifest
 from prvos_core.model import EmaTeacher, build_model, clip_loss, load_checkpoint, save_checkpoint
@@ -51,6 +51,7 @@ class TrainInputs:
     seed: int = 0
     round_index: int = 0
     fingerprint: str = ""
+    text: TextSection = TextSection()  # the encoder the text cache was made with, recorded in the checkpoint
 
 
 def input_size(model: ModelSection) -> tuple[int, int]:
@@ -259,7 +260,11 @@ def _report(metrics, history, rank, student, optimizer, teacher, inputs: TrainIn
             "step": metrics["step"],
             "round": inputs.round_index,
             "history": history,
-            "config": {"train": cfg.model_dump(mode="json"), "model": inputs.model.model_dump(mode="json")},
+            "config": {
+                "train": cfg.model_dump(mode="json"),
+                "model": inputs.model.model_dump(mode="json"),
+                "text": inputs.text.model_dump(mode="json"),
+            },
         }
         save_checkpoint(Path(folder) / CHECKPOINT, student, optimizer, teacher, meta=meta)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))

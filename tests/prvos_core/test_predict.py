@@ -160,3 +160,16 @@ def test_upsampling_is_bilinear_at_the_original_size():
 def test_the_device_is_cuda_only_when_gpus_are_given_and_visible():
     assert choose_device(0.0) == torch.device("cpu")
     assert choose_device(1.0) == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_a_named_device_resolves_auto_to_cuda_only_when_visible_and_refuses_the_unknown():
+    from prvos_core.errors import UserError
+    from prvos_core.predict import resolve_device
+
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == "cpu"
+    with pytest.raises(UserError, match="device 'tpu' is unknown; use auto, cpu or cuda"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no GPU is visible"):
+            resolve_device("cuda")
