@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from prvos_core.frames import Box, decode_frame, read_object_mask, resize_frame, resize_map
+from prvos_core.frames import Box, load_frame, read_object_mask, resize_map
 from prvos_core.layout import SplitPaths
 from prvos_core.manifest import Expression, Video
 from prvos_core.pseudo_quality import IGNORE_LABEL
@@ -118,7 +118,8 @@ class ClipDataset(Dataset):
         labels = np.full((len(frame_ids), *size), IGNORE_LABEL, np.uint8)
         weights = np.zeros((len(frame_ids), *size), np.float32)
         for t, frame_id in enumerate(frame_ids):
-            frames[t] = resize_frame(decode_frame(str(paths.frame_path(video.video_id, frame_id))), size, box)
+            frame_uri = str(paths.frame_path(video.video_id, frame_id))
+            frames[t] = load_frame(frame_uri, size, box, (video.height, video.width))
             if frame_id in gt:
                 mask_uri = str(paths.split_dir / source.gt_folder / video.video_id / f"{frame_id}.png")
                 labels[t] = resize_map(read_object_mask(mask_uri, source.expression.object_id), size, box)

@@ -37,10 +37,16 @@ class Box:
 FULL = Box()
 
 
-def decode_frame(uri: str) -> np.ndarray:
-    """A JPEG as an (H, W, 3) uint8 RGB array; DataError naming the file if it does not decode."""
+# libjpeg decodes straight to 1/2, 1/4 or 1/8 of the size by scaling its inverse DCT.
+_REDUCED_DECODE = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+                   8: cv2.IMREAD_REDUCED_COLOR_8}  # fmt: skip
+
+
+def decode_frame(uri: str, reduce: int = 1) -> np.ndarray:
+    """A JPEG as an (H, W, 3) uint8 RGB array, or (ceil(H / reduce), ceil(W / reduce), 3) for reduce 2, 4 or 8;
+    DataError naming the file if it does not decode."""
     data = storage.read_bytes(uri)
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), _REDUCED_DECODE[reduce])
     if image is None:
         raise DataError(f"{uri}: cannot decode the frame; re-run ingest to quarantine it")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
@@ -54,6 +60,26 @@ def resize_frame(image: np.ndarray, size: tuple[int, int], box: Box = FULL) -> n
         crop, (size[1], size[0]), interpolation=cv2.INTER_AREA if crop.shape[0] > size[0] else cv2.INTER_LINEAR
     )
     return np.ascontiguousarray(resized.transpose(2, 0, 1))
+
+
+def decode_reduction(frame_size: tuple[int, int], size: tuple[int, int], box: Box = FULL) -> int:
+    """The largest JPEG decode reduction (1, 2, 4 or 8) whose `box` crop still covers `size` (height, width)
+    of a frame of `frame_size`: a 720p frame for a 128-pixel model decodes at 1/4 and skips most of the
+    full-size decode and area resize, which cost more than the tiny model's step on them."""
+    for factor in (8, 4, 2):
+        top, left, bottom, right = box.pixels(-(-frame_size[0] // factor), -(-frame_size[1] // factor))
+        if bottom - top >= size[0] and right - left >= size[1]:
+            return factor
+    return 1
+
+
+def load_frame(
+    uri: str, size: tuple[int, int], box: Box = FULL, frame_size: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Decode, crop `box` and resize to `size` -> (3, h, w) uint8; `frame_size` (H, W) of the JPEG, when known,
+    lets it decode at a reduced scale that still covers the crop (see `decode_reduction`)."""
+    reduce = decode_reduction(frame_size, size, box) if frame_size else 1
+    return resize_frame(decode_frame(uri, reduce), size, box)
 
 
 def resize_map(values: np.ndarray, size: tuple[int, int], box: Box = FULL) -> np.ndarray:

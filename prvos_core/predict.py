@@ -19,7 +19,7 @@ import torch
 
 from prvos_core import storage
 from prvos_core.errors import UserError
-from prvos_core.frames import decode_frame, read_object_mask, resize_frame, resize_map
+from prvos_core.frames import decode_frame, decode_reduction, read_object_mask, resize_frame, resize_map
 from prvos_core.layout import SplitPaths
 from prvos_core.manifest import Expression, Video
 from prvos_core.model import URVOS, iter_propagate, load_checkpoint
@@ -70,13 +70,14 @@ def predictor_identity(checkpoint: str, weights: Weights) -> str:
 class _LazyFrames:
     """A (T, 3, h, w) float view of a video that decodes a frame only when the model asks for it."""
 
-    def __init__(self, paths: list[str], size: tuple[int, int]) -> None:
+    def __init__(self, paths: list[str], size: tuple[int, int], frame_size: tuple[int, int]) -> None:
         self.paths, self.size = paths, size
+        self.reduce = decode_reduction(frame_size, size)  # decode at the smallest scale that covers `size`
         self.shape = torch.Size((len(paths), 3, *size))
         self.ndim = 4
 
     def __getitem__(self, item: slice) -> torch.Tensor:
-        frames = [resize_frame(decode_frame(path), self.size) for path in self.paths[item]]
+        frames = [resize_frame(decode_frame(path, self.reduce), self.size) for path in self.paths[item]]
         return torch.from_numpy(np.stack(frames)).float().div_(255)
 
 
@@ -109,7 +110,8 @@ def predict_expression(
     mask itself); else the model finds the object from the text alone.
     """
     paths = SplitPaths(Path(video.dataset_root), video.split)
-    frames = _LazyFrames([str(paths.frame_path(video.video_id, frame)) for frame in video.frame_ids], input_size)
+    frame_uris = [str(paths.frame_path(video.video_id, frame)) for frame in video.frame_ids]
+    frames = _LazyFrames(frame_uris, input_size, (video.height, video.width))
     first_mask = _first_frame_mask(video, expression, input_size) if first_mask_from_gt else None
     propagation = iter_propagate(model, frames, words, word_mask, first_mask, memory_frames)
     for index, prob in enumerate(propagation):

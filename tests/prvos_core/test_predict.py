@@ -130,9 +130,9 @@ def test_frames_are_decoded_one_at_a_time_as_the_model_asks(video, models, text,
     student, _ = models
     decoded = []
 
-    def counting_decode(uri: str) -> np.ndarray:
+    def counting_decode(uri: str, reduce: int = 1) -> np.ndarray:
         decoded.append(uri)
-        return decode_frame(uri)
+        return decode_frame(uri, reduce)
 
     monkeypatch.setattr(predict, "decode_frame", counting_decode)
     frames = predict_expression(student, video, _expression(video), *text, SIZE, first_mask_from_gt=False,
