@@ -148,8 +148,9 @@ def read_parquet(uri: str) -> pa.Table:
         return pq.read_table(path, filesystem=fs)
     except FileNotFoundError:
         raise StorageError(f"{uri}: not found; run the stage that writes it first") from None
-    except pa.ArrowInvalid as error:
-        raise StorageError(f"{uri}: not a valid Parquet file ({error}); re-run its stage") from None
+    except (pa.ArrowInvalid, OSError) as error:  # a damaged page surfaces as OSError ("Couldn't deserialize")
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise StorageError(f"{uri}: not a valid Parquet file ({reason}); re-run its stage") from None
 
 
 def remove(uri: str) -> None:
