@@ -36,8 +36,8 @@ from tests.reliability.conftest import REPO, assert_nothing_half_committed, asse
 
 # Per train worker: 4 steps an epoch (steps 0-3 epoch 0, 4-7 epoch 1). Infer: each actor's n-th expression.
 FAULTS = (
-    ("train.step", 5, "kill"),  # a Ray Train worker, mid epoch 1: Ray Train restores epoch 0's checkpoint
-    ("train.step", 6, "killdriver"),  # then the driver, mid epoch 1 again: resume restores it too
+    ("train.step", 6, "kill"),  # a Ray Train worker, mid epoch 1: Ray Train restores epoch 0's checkpoint
+    ("train.step", 7, "killdriver"),  # then the driver, in epoch 1 again: resume restores it too
     ("infer.expression", 1, "kill"),  # an infer actor: Ray Data restarts it and retries the expression
     ("infer.expression", 3, "killdriver"),
     ("refine.expression", 1, "killdriver"),
@@ -71,6 +71,9 @@ def chain(tmp_path_factory) -> Chain:
     env = {
         **os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "PRVOS_FAULT_DIR": str(tmp),
         "PRVOS_FAULT": ",".join(f"{point}:{n}:{mode}" for point, n, mode in FAULTS),
+        # Ray Train's controller collects reports (and their checkpoints) when it polls the workers, every 2 s
+        # by default: a worker killed sooner after an epoch's report would lose that checkpoint.
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
     }  # fmt: skip
     started = time.perf_counter()
     command = [sys.executable, "-m", "pipelines.cli", "run", str(config_path), "--run-id", "killed"]
@@ -137,8 +140,11 @@ def test_a_second_writer_is_refused_while_the_driver_runs(chain):
 def test_train_resumed_from_its_checkpoint_ends_as_an_uninterrupted_run(chain, ray_local):
     store, config = chain.store, chain.config
     resumed = store.read_marker("r0-train")
-    # The resume after the driver kill restored epoch 0's checkpoint (its workers report start_epoch 1).
-    assert "'start_epoch': 1" in (chain.tmp / "attempt1.log").read_text(errors="replace")
+    # After the worker kill Ray Train restored epoch 0's checkpoint: epoch 0 was reported once per worker, not
+    # again. The resume after the driver kill restored it too: its workers report start_epoch 1.
+    first, resumed_log = ((chain.tmp / f"attempt{i}.log").read_text(errors="replace") for i in (0, 1))
+    assert "WorkerGroupError" in first and first.count("'start_epoch': 0") == config.train.workers
+    assert "'start_epoch': 1" in resumed_log
     text = store.read_marker("text").outputs
     inputs = train.TrainInputs(
         manifest_dir=store.stage_dir("ingest"), text_cache=text["cache"], text_identity=text["identity"],
@@ -188,9 +194,10 @@ def test_status_verify_names_every_damaged_file(chain, capsys):
     weights = run_dir / "r1-train/checkpoint/model.safetensors"
     intact = weights.read_bytes()
     weights.write_bytes(intact[:-1] + bytes([intact[-1] ^ 0xFF]))  # one byte of a safetensors file flipped
-    videos = run_dir / "ingest/videos.parquet"
-    data = videos.read_bytes()
-    videos.write_bytes(data[:100] + bytes([data[100] ^ 0xFF]) + data[101:])  # same size, other content
+    # Same size, other content, in a file no other stage reads (a re-run stage would read a damaged input).
+    scores = run_dir / "r0-evaluate/per_expression.parquet"
+    data = scores.read_bytes()
+    scores.write_bytes(data[:100] + bytes([data[100] ^ 0xFF]) + data[101:])
     outcome = cli("status", run_dir, "--verify", capsys=capsys)
     assert outcome.code == 1 and "Traceback" not in outcome.err
     damaged = [line for line in outcome.out.splitlines() if line.startswith("damaged: ")]
@@ -198,25 +205,25 @@ def test_status_verify_names_every_damaged_file(chain, capsys):
         f"r0-infer/{chunk.relative_to(run_dir / 'r0-infer').as_posix()}: missing",
         f"r0-refine/{refined.relative_to(run_dir / 'r0-refine').as_posix()}: size 5 (recorded",
         "r1-train/checkpoint/model.safetensors: content changed (hash differs)",
-        "ingest/videos.parquet: content changed (hash differs)",
+        "r0-evaluate/per_expression.parquet: content changed (hash differs)",
     }
     assert len(damaged) == len(expected), damaged
     for fragment in expected:
         assert any(fragment in line for line in damaged), (fragment, damaged)
-    assert "4 damaged file(s) in ingest, r0-infer, r0-refine, r1-train" in outcome.out
+    assert "4 damaged file(s) in r0-infer, r0-refine, r1-train, r0-evaluate" in outcome.out
     weights.write_bytes(intact)  # restored, so that the tests below do not retrain
 
 
 def test_run_checks_sizes_and_resume_checks_hashes_rerunning_only_damaged_stages(chain, ray_local):
     """`prvos run` re-runs the stages with a missing or truncated file (their new bytes equal the old, so
-    nothing downstream re-runs); the same-size change in ingest is found only by resume's hashes."""
+    nothing downstream re-runs); the same-size change in r0-evaluate is found only by resume's hashes."""
     report = run_pipeline(chain.config, run_id="killed")
     assert report.ran() == ["r0-infer", "r0-refine"]
     assert [report.outcomes[s].changed for s in ("r0-infer", "r0-refine")] == [False, False]
     resumed = run_pipeline(chain.config, run_id="killed", verify="hashes")
-    assert resumed.ran() == ["ingest"]
-    assert [str(d) for d in resumed.outcomes["ingest"].repaired] == [
-        "ingest/videos.parquet: content changed (hash differs)"
+    assert resumed.ran() == ["r0-evaluate"]
+    assert [str(d) for d in resumed.outcomes["r0-evaluate"].repaired] == [
+        "r0-evaluate/per_expression.parquet: content changed (hash differs)"
     ]
     assert run_pipeline(chain.config, run_id="killed", verify="hashes").ran() == []
     assert_nothing_half_committed(Path(chain.config.run.root))
