@@ -82,8 +82,13 @@ class PseudoLabel:
     teacher: str
 
 
+# Frames handed to Zarr per call. Each call is a round trip to zarr's I/O thread, which on a busy node costs more
+# than compressing and writing the chunk itself (benchmarks/results/performance.md, P2/P3).
+FLUSH_FRAMES = 16
+
+
 class PseudoLabelWriter:
-    """Writes one expression's frames as they are predicted, then commits it."""
+    """Writes one expression's frames as they are predicted (in blocks of FLUSH_FRAMES), then commits it."""
 
     def __init__(self, store: zarr.Group, expression_id: str, frame_ids: Iterable[str], size: tuple[int, int],
                  teacher: str, encoding: Encoding = "uint8") -> None:  # fmt: skip
@@ -99,15 +104,28 @@ class PseudoLabelWriter:
             for name in ("prob", "uncertainty")
         }
         self.encoding, self.teacher = encoding, teacher
+        self._pending: list[tuple[int, np.ndarray, np.ndarray]] = []
 
     def write(self, index: int, prob: np.ndarray, uncertainty: np.ndarray) -> FrameSummary:
-        """Store frame `index` (prob, uncertainty (H, W) in [0, 1]); returns the summary of what was stored."""
+        """Store frame `index` (prob, uncertainty (H, W) in [0, 1]); returns the summary of what was stored.
+        The chunk reaches the store with the next block of FLUSH_FRAMES frames, or at `commit`."""
         stored_prob, stored_uncertainty = _encode(prob, self.encoding), _encode(uncertainty, self.encoding)
-        self.arrays["prob"][index] = stored_prob
-        self.arrays["uncertainty"][index] = stored_uncertainty
+        self._pending.append((index, stored_prob, stored_uncertainty))
+        if len(self._pending) >= FLUSH_FRAMES:
+            self._flush()
         return summarize_frame(_decode(stored_prob), _decode(stored_uncertainty))
 
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        rows = np.array([index for index, _, _ in self._pending])
+        for position, name in enumerate(("prob", "uncertainty"), start=1):
+            block = np.stack([entry[position] for entry in self._pending])
+            self.arrays[name].set_orthogonal_selection((rows,), block)
+        self._pending.clear()
+
     def commit(self) -> None:
+        self._flush()
         self.group.attrs.update(
             {"frame_ids": list(self.frame_ids), "teacher": self.teacher, "encoding": self.encoding, "committed": True}
         )
