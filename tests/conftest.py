@@ -63,3 +63,16 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def reduced_run(tmp_path_factory, ray_local):
+    """One finished run of the reduced e2e config (2 videos x 8 frames, tiny 32 x 32, 1 round), made once per
+    session and shared by the end-to-end and report tests: (tmp folder, config, PipelineReport)."""
+    from pipelines.pipeline import run_pipeline
+    from prvos_core.config import config_from_dict
+    from tests.e2e.test_pipeline import reduced_config
+
+    tmp_path = tmp_path_factory.mktemp("reduced")
+    config = config_from_dict(reduced_config(tmp_path))
+    return tmp_path, config, run_pipeline(config, run_id="first")

@@ -17,12 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.inspect_report import INDEX_FILE, build_report
-from pipelines.pipeline import run_pipeline
-from prvos_core.config import config_from_dict
 from prvos_core.errors import UserError
 from prvos_core.pictures import IGNORE_DARK, IGNORE_LIGHT
 from prvos_core.pseudo_pictures import DECISION_COLORS
-from tests.e2e.test_pipeline import reduced_config
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -34,13 +31,9 @@ PANEL, GAP, HEADER, LABELS = 96, 2, 18, 120  # the strip's geometry (prvos_core.
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, ray_local) -> Path:
-    """One reduced run (2 videos x 8 frames, 1 pseudo-labeling round), one worker and actor per stage."""
-    tmp_path = tmp_path_factory.mktemp("inspect")
-    raw = reduced_config(tmp_path, name="inspect", infer={"actors": 1}, evaluate={"actors": 1})
-    raw["train"]["workers"] = 1
-    report = run_pipeline(config_from_dict(raw), run_id="run")
-    return Path(report.store.run_dir)
+def run_dir(reduced_run) -> Path:
+    """The session's reduced run (2 videos x 8 frames, 1 pseudo-labeling round), shared with tests/e2e."""
+    return Path(reduced_run[2].store.run_dir)
 
 
 @pytest.fixture(scope="module")
