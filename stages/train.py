@@ -9,7 +9,9 @@ stage again with the same folder resumes from it too. The final checkpoint is co
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -151,6 +153,8 @@ def train_loop(config: dict) -> None:
     inputs: TrainInputs = config["inputs"]
     cfg: TrainSection = config["cfg"]
     os.environ.update(config["faults"])
+    # Ray Train logs every report and checkpoint at INFO; the epoch line below is the progress users read.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
     torch.set_num_threads(cfg.threads_per_worker)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -246,6 +250,13 @@ def train_loop(config: dict) -> None:
             "clips_per_node": dict(clips_per_node),
         }
         history.append(metrics)
+        if rank == 0:
+            print(
+                f"r{inputs.round_index} train: epoch {epoch + 1}/{cfg.epochs}, loss {metrics['loss']:.4f}, "
+                f"{metrics['clips_per_second']:.1f} clips/s on {world} worker(s)",
+                file=sys.stderr,
+                flush=True,
+            )
         _report(metrics, history, rank, student, optimizer, teacher, inputs, cfg)
 
 
