@@ -125,13 +125,28 @@ def test_inspect_command(run_dir, tmp_path):
     assert failed.returncode != 0 and "Traceback" not in failed.stderr and len(errors) == 1, failed.stderr
 
 
+def _install_chromium() -> None:
+    """The test set-up installs the Debian packages chromium and chromium-driver when they are missing (as root,
+    or with password-less sudo), so the README's test command works on a fresh machine."""
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"]):
+        try:
+            subprocess.run([*sudo, *command], env=env, capture_output=True, timeout=900, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return
+
+
 @pytest.fixture(scope="module")
 def chromium():
-    """Headless Chromium through chromedriver (Debian packages chromium and chromium-driver; .ci/run installs
-    them). The flags keep it off the network: without them it tries to reach Google and stalls here."""
+    """Headless Chromium through chromedriver (Debian packages chromium and chromium-driver, installed here
+    when missing). The flags keep it off the network: without them it tries to reach Google and stalls here."""
+    if not CHROMIUM.is_file() or not CHROMEDRIVER.is_file():
+        _install_chromium()
     if not CHROMIUM.is_file() or not CHROMEDRIVER.is_file():
         pytest.fail(
-            f"{CHROMIUM} or {CHROMEDRIVER} is missing: apt-get install -y chromium chromium-driver (.ci/run does)",
+            f"{CHROMIUM} or {CHROMEDRIVER} is missing and apt-get could not install them: "
+            "apt-get install -y chromium chromium-driver (as root)",
             pytrace=False,
         )
     os.environ.setdefault("SE_AVOID_STATS", "true")  # selenium must not phone home either
