@@ -5,6 +5,7 @@ time on Ref-YouTube-VOS for 1, 8 and 64 GPU workers.
     .venv/bin/python benchmarks/perf_data.py      # P1   -> results/performance/p1_data.{md,json}
     .venv/bin/python benchmarks/perf_model.py     # P1b  -> results/performance/p1b_model.{md,json}
     .venv/bin/python benchmarks/perf_infer.py     # P2+3 -> results/performance/p2_p3_infer.{md,json}
+    .venv/bin/python benchmarks/perf_cores.py     # P2 control (2 plain processes vs 1) -> p2_cores.{md,json}
     .venv/bin/python benchmarks/perf_resume.py    # P4   -> results/performance/p4_resume.{md,json}
     .venv/bin/python benchmarks/performance.py    # this: gathers them and adds the scaling table
 
@@ -22,13 +23,37 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import RESULTS, machine, markdown_table  # noqa: E402
 
 PARTS = RESULTS / "performance"
-ORDER = ("p1_data", "p1b_model", "p2_p3_infer", "p4_resume")
+ORDER = ("p1_data", "p1b_model", "p2_p3_infer", "p2_cores", "p4_resume")
 # Ref-YouTube-VOS train (DESIGN.md): videos, expressions; frames per video as provided (~27 on average).
 VIDEOS, EXPRESSIONS, FRAMES_PER_VIDEO = 3471, 12913, 27
 EPOCHS_PER_ROUND = 10  # assumption: a round's student trains 10 epochs of one 5-frame clip per expression
 # Published ResNet-50 strong scaling on 8 A100 (NVIDIA DeepLearningExamples, mixed precision: 6.72x of 8);
 # 64 GPUs over 8 nodes assumed at 0.75.
 TRAIN_EFFICIENCY = {1: 1.0, 8: 6.72 / 8, 64: 0.75}
+
+FINDINGS = """## Profiles, causes and fixes
+
+- **JPEG decode (P1, P2).** Profile of the data path (P1 table below, and cProfile of a TeacherActor in one
+  process): a 1280x720 frame cost ~7.5 ms to decode plus ~6 ms of INTER_AREA resize down to 128x128, per frame,
+  i.e. ~70 ms per 5-frame clip against a ~660 ms tiny step at 1 thread (and ~13 ms against a ~22 ms teacher
+  frame). Fix (prvos_core/frames.py `decode_reduction`/`load_frame`, used by clips.py and predict.py): libjpeg
+  decodes at 1/2, 1/4 or 1/8 scale (DCT scaling) when the crop still covers the model input, so a 720p frame for
+  the 128-pixel model decodes at 1/4 (320x180) and the resize is small. P1 reports the ratio with and without it.
+- **Zarr writes (P2, P3).** cProfile of the actor's `label` under load: 33% of its time in `zarr.core.sync`
+  (each `array[i] = frame` is a round trip to zarr's I/O thread, 2 per frame, plus 2 `create_array` per
+  expression), against ~2 ms per frame of actual compression. Fix (prvos_core/pseudo_store.py): the writer hands
+  frames to Zarr in blocks of 16 (`set_orthogonal_selection`), still before the commit attribute, so an
+  interrupted writer still leaves nothing that reads as done. The remaining gap to `numpy.save` (P3 table) is
+  zstd plus zarr's per-call machinery; numpy.save writes 8x more bytes.
+- **Threads.** Each actor calls `torch.set_num_threads(threads_per_actor=1)`; Ray sets OMP_NUM_THREADS=1 in a
+  1-CPU worker; train workers use `threads_per_worker=1`. The 2-actor ratio was measured while other jobs kept
+  the 1-minute load at 10-45 on 2 cores: the control row (2 plain processes without Ray) shows how much
+  parallelism was there to take; with no idle core, a second actor only takes a larger share of the same CPUs.
+- **P3 size.** 1/8 is met by a trained (confident) teacher and at 320x320 (benchmarks/results/pseudo_store.md:
+  1/8.8 lukewarm, 1/9.6 confident); the untrained-head teacher at 128x128 here is the worst case (noisy maps,
+  little for zstd to remove). Tried: a delta filter along rows before zstd (numcodecs, on a demo run's maps)
+  saves only ~10%; not adopted.
+"""
 
 
 def main() -> None:
@@ -41,8 +66,8 @@ def main() -> None:
         f"Machine: {machine()} (shared: other jobs ran during every measurement; each part prints the load "
         "average it saw, and its ratios come from interleaved A/B runs in one process).\n\n"
         "Commands (each writes its section under benchmarks/results/performance/; this file is gathered by the "
-        "last one):\n\n```\n" + "\n".join(line.strip() for line in __doc__.splitlines()[3:9]) + "\n```\n\n"
-        f"## Summary\n\n{summary}\n\n## Scaling on paper: one pseudo-labeling round on Ref-YouTube-VOS train\n\n"
+        "last one):\n\n```\n" + "\n".join(line.strip() for line in __doc__.splitlines()[4:10]) + "\n```\n\n"
+        f"## Summary\n\n{summary}\n\n{FINDINGS}\n\n## Scaling on paper: one pseudo-labeling round on Ref-YouTube-VOS train\n\n"
         f"{scaling}\n\n" + "\n\n".join(sections) + "\n\n## P5 demo and test suite\n\n"
         "`prvos demo` (target <= 5 min) and the whole test suite (target <= 10 min) on 2 cores: see closing note "
         "(run by the lead at the end, not here).\n"
@@ -63,7 +88,7 @@ def _met(ok: bool) -> str:
 
 
 def _summary(parts: dict) -> str:
-    data, model, infer, resume = (parts[name] for name in ORDER)
+    data, model, infer, cores, resume = (parts[name] for name in ORDER)
     rows = []
     if data:
         rows.append(["P1 training throughput, real data path / model step alone", ">= 0.9",
@@ -91,6 +116,9 @@ def _summary(parts: dict) -> str:
                      _met(infer["one_over_bare"] >= 0.8)])  # fmt: skip
         rows.append(["P2 2 actors / 1 actor (1 thread each)", ">= 1.7", f"{infer['two_over_one']:.2f}",
                      _met(infer["two_over_one"] >= 1.7)])  # fmt: skip
+        if cores:
+            rows.append(["P2 control: 2 plain processes / 1 (no Ray, same machine, same time)", "(2.0 if idle)",
+                         f"{cores['two_over_one']:.2f}", ""])  # fmt: skip
         rows.append(["P3 store bytes per frame / raw float32 pair", "<= 1/8",
                      f"1/{1 / infer['store_fraction']:.1f} ({infer['store_bytes_per_frame']:,.0f} B)",
                      _met(infer["store_fraction"] <= 1 / 8)])  # fmt: skip
