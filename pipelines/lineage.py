@@ -134,9 +134,20 @@ class Lineage:
         with warnings.catch_warnings():  # mlflow's schema hints about integer columns and local sources
             warnings.simplefilter("ignore", UserWarning)
             dataset = mlflow.data.from_pandas(frame, source=outputs["expressions"], name="manifest.expressions")
+            # The fluent API needs the process-wide tracking URI, and set_tracking_uri also exports it as
+            # MLFLOW_TRACKING_URI, which default_tracking_uri would then hand to every later run of this process
+            # (a long-lived driver, the tests): restore both afterwards.
+            exported, before = os.environ.get("MLFLOW_TRACKING_URI"), mlflow.get_tracking_uri()
             mlflow.set_tracking_uri(self.tracking_uri)
-            with mlflow.start_run(run_id=self.parent_id):
-                mlflow.log_input(dataset, context="ingest")
+            try:
+                with mlflow.start_run(run_id=self.parent_id):
+                    mlflow.log_input(dataset, context="ingest")
+            finally:
+                mlflow.set_tracking_uri(before)
+                if exported is None:
+                    os.environ.pop("MLFLOW_TRACKING_URI", None)
+                else:
+                    os.environ["MLFLOW_TRACKING_URI"] = exported
         self.client.update_run(self.parent_id, status="RUNNING")
         self.state["manifest_logged"] = True
         self._save()
