@@ -207,7 +207,7 @@ def _store(work: Path, space, reference, figures: dict, args, load: LoadLog) -> 
                              ("numpy.save of the raw float32 pair, file per frame", npy_raw_s)):  # fmt: skip
             rate = megabytes / median(values)
             rows.append([f"{size[0]}x{size[1]}", name, f"{frames.shape[0] / median(values):,.0f}", f"{rate:,.0f}"])
-            write_figures[f"{size[0]}:{name.split(':')[0].split(' of')[0]}"] = rate
+            write_figures[f"{size[0]}:{_short(name)}"] = rate
     figures = {"store_bytes_per_frame": per_frame, "raw_bytes_per_frame": raw, "store_fraction": per_frame / raw,
                "prob_error": prob_error, "uncertainty_error": unc_error, "write_mb_per_s": write_figures}  # fmt: skip
     body = (
@@ -223,6 +223,10 @@ def _store(work: Path, space, reference, figures: dict, args, load: LoadLog) -> 
         f"{markdown_table(['frame', 'path', 'frames/s', 'MB/s'], rows)}\n"
     )
     return figures, body
+
+
+def _short(name: str) -> str:
+    return "Zarr writer" if name.startswith("Zarr") else ("numpy.save uint8" if "uint8" in name else "numpy.save float32")
 
 
 def _zarr_write(path: Path, prob: np.ndarray, uncertainty: np.ndarray) -> None:
