@@ -26,6 +26,7 @@ from typing import Any
 import safetensors
 import safetensors.torch
 import torch
+from safetensors.torch import load as tensors_from_bytes
 
 from prvos_core import storage
 from prvos_core.errors import CheckpointError, StorageError
@@ -198,7 +199,7 @@ def _read_tensors(path: str) -> dict[str, torch.Tensor]:
     try:
         if storage.is_local(path):
             return safetensors.torch.load_file(path)  # memory-mapped
-        return safetensors.torch.load(storage.read_bytes(path))
+        return tensors_from_bytes(storage.read_bytes(path))  # safetensors: no pickle
     except (safetensors.SafetensorError, StorageError, OSError) as error:
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise CheckpointError(f"{path} is corrupt ({first_line}); save the checkpoint again") from None
