@@ -24,9 +24,21 @@ from prvos_core import storage
 log = logging.getLogger("prvos")
 
 
+def quiet_ray_train_logs() -> None:
+    """Worker set-up hook: keep two Ray Train loggers that its LoggingConfig does not reach out of the console.
+
+    Each report is logged at INFO from a logger named by its file path (not under `ray.train`), and the
+    placement-group cleaner warns every few seconds when the State API is absent, as it is on an embedded Ray
+    without a dashboard (the cleaner then cannot work; the embedded Ray ends with the driver anyway).
+    """
+    train_context = os.path.join(os.path.dirname(ray.__file__), "train", "v2", "_internal", "execution", "context.py")
+    logging.getLogger(train_context).setLevel(logging.WARNING)
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+
+
 def code_runtime_env() -> dict:
     """The job's runtime env when joining a cluster: the project's packages, uploaded once per content hash."""
-    return {"py_modules": [prvos_core, stages, pipelines]}
+    return {"py_modules": [prvos_core, stages, pipelines], "worker_process_setup_hook": quiet_ray_train_logs}
 
 
 @contextmanager
@@ -45,7 +57,8 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, shared_
         ray.init(address=address, runtime_env=code_runtime_env(), **kwargs)
         _warn_unshared(shared_paths)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+        runtime_env = {"worker_process_setup_hook": quiet_ray_train_logs}
+        ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env, **kwargs)
     try:
         yield
     finally:

@@ -9,7 +9,6 @@ stage again with the same folder resumes from it too. The final checkpoint is co
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import tempfile
@@ -82,6 +81,8 @@ def run(inputs: TrainInputs, cfg: TrainSection) -> StageResult:
             storage_filesystem=storage_filesystem,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            # Ray Train's INFO lines (every checkpoint, device moves) drown the epoch line users read.
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
     result = trainer.fit()
@@ -153,8 +154,6 @@ def train_loop(config: dict) -> None:
     inputs: TrainInputs = config["inputs"]
     cfg: TrainSection = config["cfg"]
     os.environ.update(config["faults"])
-    # Ray Train logs every report and checkpoint at INFO; the epoch line below is the progress users read.
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
     torch.set_num_threads(cfg.threads_per_worker)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -251,12 +250,12 @@ def train_loop(config: dict) -> None:
         }
         history.append(metrics)
         if rank == 0:
-            print(
+            # Written to the stream, not print(): Ray Train patches print() to log each line a second time.
+            sys.stderr.write(
                 f"r{inputs.round_index} train: epoch {epoch + 1}/{cfg.epochs}, loss {metrics['loss']:.4f}, "
-                f"{metrics['clips_per_second']:.1f} clips/s on {world} worker(s)",
-                file=sys.stderr,
-                flush=True,
+                f"{metrics['clips_per_second']:.1f} clips/s on {world} worker(s)\n"
             )
+            sys.stderr.flush()
         _report(metrics, history, rank, student, optimizer, teacher, inputs, cfg)
 
 
