@@ -80,8 +80,54 @@ def derive_sparse_dataset(source: Path, target: Path, label_every: int) -> None:
     meta_path.write_text(json.dumps(meta))
 
 
-def run_variants(base: list[str], run_root: Path, run_id: str, only: list[str]) -> dict[str, dict]:
-    """Run each variant in turn in one run folder; return {variant: {stage: metrics}}."""
+def seen_dataset(data: Path, target: Path) -> Path:
+    """The train videos as a split named `valid`, masks on every frame (train/full_annotations): scoring a student
+    on it says how well it segments the videos it was trained on, next to the unseen valid videos."""
+    from prvos_core.masks import read_mask
+
+    train, valid = data / "train", target / "valid"
+    valid.mkdir(parents=True)
+    (valid / "JPEGImages").symlink_to(train / "JPEGImages")
+    (valid / "Annotations").symlink_to(train / "full_annotations")
+    meta = json.loads((train / "meta.json").read_text())
+    for video_id, video in meta["videos"].items():
+        masks = {png.stem: read_mask(png) for png in sorted((train / "full_annotations" / video_id).glob("*.png"))}
+        for object_id, obj in video["objects"].items():
+            obj["frames"] = [frame for frame, ids in masks.items() if (ids == int(object_id)).any()]
+    (valid / "meta.json").write_text(json.dumps(meta))
+    expressions = target / "meta_expressions" / "valid"
+    expressions.mkdir(parents=True)
+    shutil.copy(data / "meta_expressions" / "train" / "meta_expressions.json", expressions)
+    return target
+
+
+def score_seen(seen: Path, checkpoint: str, size: tuple[int, int], work: Path) -> dict[str, float]:
+    """J, F, J&F of a student checkpoint on the seen-video split (its own manifest and text cache)."""
+    from prvos_core.config import EvaluateSection, IngestSection
+    from prvos_core.manifest import read_manifest
+    from prvos_core.text import TextEncoder
+    from prvos_core.text_cache import TextCache
+    from stages import evaluate, ingest
+
+    manifest_dir = work / "manifest"
+    if not manifest_dir.exists():
+        manifest_dir.mkdir(parents=True)
+        ingest.run(ingest.IngestInputs(str(seen), ("valid",), str(manifest_dir)), IngestSection())
+    encoder = TextEncoder.from_path(None)
+    cache = TextCache.for_encoder(str(work / "text.zarr"), encoder)
+    cache.build(sorted({e.text for e in read_manifest(str(manifest_dir)).expressions}), encoder)
+    out = Path(tempfile.mkdtemp(prefix="seen-", dir=work))
+    inputs = evaluate.EvaluateInputs(str(manifest_dir), str(work / "text.zarr"), encoder.identity, checkpoint, "valid",
+                                     str(out), size)  # fmt: skip
+    metrics = evaluate.run(inputs, EvaluateSection()).metrics
+    shutil.rmtree(out, ignore_errors=True)
+    return {"J": metrics["J"], "F": metrics["F"], "JF": metrics["JF"]}
+
+
+def run_variants(base: list[str], run_root: Path, run_id: str, only: list[str],
+                 seen_work: Path | None = None) -> dict[str, dict]:  # fmt: skip
+    """Run each variant in turn in one run folder; return {variant: {stage: metrics}} (and, with `seen`, the last
+    student's scores on the train videos)."""
     from pipelines.pipeline import run_pipeline, stage_plan
     from pipelines.run_store import RunStore
     from prvos_core.config import load_config
@@ -99,6 +145,14 @@ def run_variants(base: list[str], run_root: Path, run_id: str, only: list[str]) 
             "stages": {name: store.read_marker(name).metrics for name in stage_plan(config)},
             "rounds": config.rounds,
         }
+        if seen_work is not None:
+            seen = seen_work / "data"
+            if not seen.exists():
+                seen_dataset(Path(config.data.root), seen)
+            checkpoint = str(Path(store.run_dir) / f"r{config.rounds}-train" / "checkpoint")
+            size = tuple(config.model.input_size or (64, 64))
+            results[variant]["seen"] = score_seen(seen, checkpoint, size, seen_work)
+            print(f"{run_id} {variant}: seen-video J&F {results[variant]['seen']['JF']:.3f}", flush=True)
         print(f"{run_id} {variant}: {results[variant]['seconds']:.0f} s, ran {', '.join(report.ran())}", flush=True)
     return results
 
@@ -156,6 +210,27 @@ def summary_lines(seed_results: dict[int, dict[str, dict]]) -> list[str]:
     return lines
 
 
+def seen_lines(seed_results: dict[int, dict[str, dict]], variants: list[str]) -> list[str]:
+    """With --seen: the last student's J&F on the videos it trained on (every frame scored) next to the unseen
+    valid videos, per seed."""
+    if not all("seen" in seed_results[seed][v] for seed in seed_results for v in variants):
+        return []
+    rows = []
+    for variant in variants:
+        for seed, results in sorted(seed_results.items()):
+            result = results[variant]
+            valid = result["stages"][f"r{result['rounds']}-evaluate"]["JF"]
+            rows.append([LABELS[variant], str(seed), f"{result['seen']['JF']:.3f}", f"{valid:.3f}",
+                         f"{result['seen']['JF'] - valid:+.3f}"])  # fmt: skip
+    return [
+        "Last round's student on the train videos it learned from (every frame scored against full_annotations, "
+        "text only, like valid) and on the unseen valid videos:",
+        "",
+        markdown_table(["variant", "seed", "seen-video J&F", "valid J&F", "seen - valid"], rows),
+        "",
+    ]
+
+
 def _spread(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.3f}"
@@ -171,6 +246,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="work folder (default: a temp folder, removed at the end)")
     parser.add_argument("--out", default=None, help="results file name under benchmarks/results/")
     parser.add_argument("--cpus", type=int, default=2)
+    parser.add_argument("--seen", action="store_true",
+                        help="also score each variant's last student on the train videos, masks on every frame")  # fmt: skip
     args = parser.parse_args()
 
     import ray
@@ -190,7 +267,8 @@ def main() -> None:
             else:
                 base = [f"data.root={work / f'synth-{seed}'}", f"data.synth.seed={seed}", f"run.seed={seed}"]
                 base += ["data.synth.label_every=5", *args.overrides]
-            seed_results[seed] = run_variants(base, work / "runs", f"seed{seed}", args.variants)
+            seen_work = work / f"seen-{seed}" if args.seen else None
+            seed_results[seed] = run_variants(base, work / "runs", f"seed{seed}", args.variants, seen_work)
     finally:
         ray.shutdown()
     wall = time.perf_counter() - started
@@ -206,6 +284,7 @@ def main() -> None:
         "",
         *summary_lines(seed_results),
         "",
+        *seen_lines(seed_results, args.variants),
         f"Seeds: {args.seeds}. Overrides: {args.overrides or 'none'}. Data: {args.real or 'synthetic (demo.yaml)'}.",
         f"Wall time: {wall / 60:.1f} min for {len(args.seeds)} seed(s) x {len(args.variants)} variants on "
         f"{args.cpus} CPUs.",

@@ -19,7 +19,9 @@ from pipelines.fingerprint import dataset_fingerprint, fingerprint
 from pipelines.lineage import Lineage
 from pipelines.run_store import RunStore, new_run_id
 from pipelines.runner import StageOutcome, Verify, run_stage
+from prvos_core import storage
 from prvos_core.config import PrvosConfig
+from prvos_core.dataset_source import locate
 from prvos_core.errors import ConfigError
 from stages import evaluate, infer, ingest, refine, text, train
 from stages.result import StageResult
@@ -59,8 +61,13 @@ class PipelineReport:
 
 
 def ensure_dataset(config: PrvosConfig) -> None:
-    """Create the synthetic dataset at `data.root` when the config asks for one and it is absent."""
-    if config.data.synth is None or Path(config.data.root).exists():
+    """Create the synthetic dataset at `data.root` when the config asks for one and it is absent; a local root
+    that is absent otherwise is the user's error, named before any stage (or Ray) starts."""
+    if config.data.synth is None:
+        if storage.is_local(config.data.root):
+            locate(config.data.root)
+        return
+    if Path(config.data.root).exists():
         return
     from prvos_core.synth import generate_synthetic
 
@@ -84,7 +91,8 @@ def run_pipeline(
     tracking_uri: str | None = None,
     verify: Verify = "sizes",
 ) -> PipelineReport:
-    """Run (or continue) the pipeline in `<run.root>/<run_id>/`; Ray must be initialised by the caller.
+    """Run (or continue) the pipeline in `<run.root>/<run_id>/`. Ray: the caller's, or the one an open
+    `pipelines.ray_session.ray_session` starts when the first stage has work to do.
 
     `stages` restricts the run to stage kinds (e.g. ("ingest",)); the stages they need must be committed.
     `verify`: how committed stages are checked before being skipped (pipelines.runner.run_stage); a damaged

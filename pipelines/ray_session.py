@@ -13,6 +13,7 @@ import logging
 import os
 from collections.abc import Iterable
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import ray
 
@@ -41,28 +42,54 @@ def code_runtime_env() -> dict:
     return {"py_modules": [prvos_core, stages, pipelines], "worker_process_setup_hook": quiet_ray_train_logs}
 
 
+@dataclass
+class _Pending:
+    """The Ray a session will start or join when its first stage needs one."""
+
+    address: str | None
+    num_cpus: int | None
+    shared_paths: tuple[str, ...]
+    started: bool = False
+
+
+_pending: _Pending | None = None
+
+
 @contextmanager
 def ray_session(address: str | None = None, num_cpus: int | None = None, shared_paths: Iterable[str] = ()):
-    """Join the cluster at `address` ("auto" inside a cluster job), or start an embedded local Ray.
+    """Join the cluster at `address` ("auto" inside a cluster job), or start an embedded local Ray, when the
+    first stage that has work to do calls `ensure_ray` (a run whose stages are all committed starts none);
+    shut it down at the end if this session started it.
 
     shared_paths: local paths that every node must see (the run root, the dataset); a warning names them
     when the cluster has nodes on other machines.
     """
+    global _pending
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if ray.is_initialized():
+    if ray.is_initialized() or _pending is not None:
         yield
         return
-    kwargs = {"logging_level": logging.WARNING, "log_to_driver": True}
-    if address:
-        ray.init(address=address, runtime_env=code_runtime_env(), **kwargs)
-        _warn_unshared(shared_paths)
-    else:
-        runtime_env = {"worker_process_setup_hook": quiet_ray_train_logs}
-        ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env, **kwargs)
+    _pending = _Pending(address, num_cpus, tuple(shared_paths))
     try:
         yield
     finally:
-        ray.shutdown()
+        started, _pending = _pending.started, None
+        if started:
+            ray.shutdown()
+
+
+def ensure_ray() -> None:
+    """Start or join the session's Ray now (no-op when Ray is up or no session is open)."""
+    if _pending is None or _pending.started or ray.is_initialized():
+        return
+    kwargs = {"logging_level": logging.WARNING, "log_to_driver": True}
+    if _pending.address:
+        ray.init(address=_pending.address, runtime_env=code_runtime_env(), **kwargs)
+        _warn_unshared(_pending.shared_paths)
+    else:
+        runtime_env = {"worker_process_setup_hook": quiet_ray_train_logs}
+        ray.init(num_cpus=_pending.num_cpus, include_dashboard=False, runtime_env=runtime_env, **kwargs)
+    _pending.started = True
 
 
 def _warn_unshared(paths: Iterable[str]) -> None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from pipelines import integrity
+from pipelines.ray_session import ensure_ray
 from pipelines.run_store import RunStore, StageMarker, now_iso
 from prvos_core import storage
 from prvos_core.errors import StorageError
@@ -66,6 +67,7 @@ def run_stage(
         log.info("%s: %s, re-running", stage, reason)
         storage.remove(stage_dir)
     storage.makedirs(stage_dir)
+    ensure_ray()  # a run whose stages are all committed never starts Ray
     started_at, started = now_iso(), time.perf_counter()
     result = work(stage_dir)
     seconds = time.perf_counter() - started

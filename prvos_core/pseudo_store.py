@@ -9,9 +9,11 @@
 <refine stage>/refined.zarr/<expression_id>/weight      (T, H, W) uint8 (w * 255, rounded)
 <refine stage>/refined.zarr/<expression_id>  attrs: frame_ids, pseudo_frames, gt_frames, committed
 ```
-One chunk per frame, one writer per expression (Zarr loses data when two writers share a chunk). An
-expression counts only once its `committed` attribute is set, after all of its chunks are written, so an
-interrupted writer leaves nothing that a reader takes as done. Beside the store, the infer stage's Parquet
+The teacher's arrays hold up to CHUNK_FRAMES frames per chunk (refine reads an expression whole; per-chunk
+costs in Zarr, not compression, bound the writer); the refined arrays hold one frame per chunk, since training
+reads a few frames of an expression at a time. One writer per expression (Zarr loses data when two writers
+share a chunk). An expression counts only once its `committed` attribute is set, after all of its chunks are
+written, so an interrupted writer leaves nothing that a reader takes as done. Beside the store, the infer stage's Parquet
 index (`INDEX_SCHEMA`) has one row per committed frame: mean entropy, foreground fraction, teacher, status.
 """
 
@@ -82,13 +84,18 @@ class PseudoLabel:
     teacher: str
 
 
-# Frames handed to Zarr per call. Each call is a round trip to zarr's I/O thread, which on a busy node costs more
-# than compressing and writing the chunk itself (benchmarks/results/performance.md, P2/P3).
-FLUSH_FRAMES = 16
+# Frames per chunk of the teacher's arrays. Zarr spends ~1 ms per chunk and per call on its I/O thread, more than
+# compressing a 128x128 frame; 16-frame chunks written in one call per array cut the writer from 3.7 to
+# ~0.7 ms per frame (benchmarks/results/performance.md, P2/P3) and compress better (neighbouring frames agree).
+CHUNK_FRAMES = 16
 
 
 class PseudoLabelWriter:
-    """Writes one expression's frames as they are predicted (in blocks of FLUSH_FRAMES), then commits it."""
+    """Collects one expression's frames as they are predicted and writes them at `commit`, one call per array.
+
+    An expression is the unit of resume (committed or redone whole), so holding its frames until the end loses
+    nothing; the encoded frames of a 180-frame expression at 320x320 take 37 MB.
+    """
 
     def __init__(self, store: zarr.Group, expression_id: str, frame_ids: Iterable[str], size: tuple[int, int],
                  teacher: str, encoding: Encoding = "uint8") -> None:  # fmt: skip
@@ -96,7 +103,7 @@ class PseudoLabelWriter:
         self.group = store.require_group(expression_id)
         self.group.attrs.update({"committed": False})
         dtype = "uint8" if encoding == "uint8" else "float16"
-        shape, chunks = (len(self.frame_ids), *size), (1, *size)
+        shape, chunks = (len(self.frame_ids), *size), (max(1, min(CHUNK_FRAMES, len(self.frame_ids))), *size)
         self.arrays = {
             name: self.group.create_array(
                 name, shape=shape, chunks=chunks, dtype=dtype, compressors=_COMPRESSORS, overwrite=True
@@ -107,21 +114,24 @@ class PseudoLabelWriter:
         self._pending: list[tuple[int, np.ndarray, np.ndarray]] = []
 
     def write(self, index: int, prob: np.ndarray, uncertainty: np.ndarray) -> FrameSummary:
-        """Store frame `index` (prob, uncertainty (H, W) in [0, 1]); returns the summary of what was stored.
-        The chunk reaches the store with the next block of FLUSH_FRAMES frames, or at `commit`."""
+        """Take frame `index` (prob, uncertainty (H, W) in [0, 1]); returns the summary of what will be stored.
+        The frame reaches the store at `commit`."""
         stored_prob, stored_uncertainty = _encode(prob, self.encoding), _encode(uncertainty, self.encoding)
         self._pending.append((index, stored_prob, stored_uncertainty))
-        if len(self._pending) >= FLUSH_FRAMES:
-            self._flush()
         return summarize_frame(_decode(stored_prob), _decode(stored_uncertainty))
 
     def _flush(self) -> None:
         if not self._pending:
             return
+        self._pending.sort(key=lambda entry: entry[0])
         rows = np.array([index for index, _, _ in self._pending])
+        whole = len(rows) == len(self.frame_ids) and bool(np.all(rows == np.arange(len(rows))))
         for position, name in enumerate(("prob", "uncertainty"), start=1):
             block = np.stack([entry[position] for entry in self._pending])
-            self.arrays[name].set_orthogonal_selection((rows,), block)
+            if whole:
+                self.arrays[name][:] = block
+            else:
+                self.arrays[name].set_orthogonal_selection((rows,), block)
         self._pending.clear()
 
     def commit(self) -> None:

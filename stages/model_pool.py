@@ -8,6 +8,7 @@ small rows (big arrays go to storage from inside the actor, never through the ob
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from collections import Counter
@@ -32,6 +33,7 @@ from prvos_core.text_cache import TextCache, TextNotCachedError
 from stages.placement import current_node
 
 NODE_COLUMN = "_node"
+ERROR_COLUMN, ERROR_TYPE_COLUMN = "_error", "_error_type"  # a user error an actor met, as a row
 
 
 @dataclass(frozen=True)
@@ -113,11 +115,15 @@ def run_pool(
         runtime_env=fault_runtime_env(),
     )
     arrived = dict.fromkeys(ids, 0)
+    failure: UserError | None = None
     with progress_bar(stage, total=len(ids), unit="expr", round_index=round_index) as bar:
         rows = iter(dataset.iter_rows())
         try:
             for row in rows:
                 row = {key: _plain(value) for key, value in row.items()}
+                if ERROR_COLUMN in row:
+                    failure = _user_error(row[ERROR_TYPE_COLUMN], row[ERROR_COLUMN])
+                    break
                 node = row.pop(NODE_COLUMN)
                 arrived[row["expression_id"]] += 1
                 if arrived[row["expression_id"]] == rows_per_expression[row["expression_id"]]:
@@ -127,16 +133,23 @@ def run_pool(
                 yield row
         except ray.exceptions.RayTaskError as error:
             # A problem the user can fix (a frame gone since ingest, say) reaches them as its own line, not
-            # wrapped in the actor's traceback.
-            if isinstance(error.cause, UserError):
-                raise _own_line(error.cause) from None
-            raise
+            # wrapped in the actor's traceback; it is raised below, once the pool is gone.
+            if not isinstance(error.cause, UserError):
+                raise
+            failure = _own_line(error.cause)
         finally:
-            # Closing the iterator shuts the actor pool down now; left to garbage collection (a traceback
-            # kept by the caller holds it), its actors would keep their CPUs and starve the next stage.
             close = getattr(rows, "close", None)
             if close is not None:
                 close()
+            # A pool that failed or was left early is not shut down by Ray Data (its executor thread keeps
+            # running until the Dataset is garbage, which a traceback can postpone indefinitely): its idle
+            # actors kept their CPUs and the next stage's Ray Train workers waited for them forever. Ray Data
+            # keeps the running executor on the Dataset (private, hence the getattr); stop it now.
+            executor = getattr(dataset, "_current_executor", None)
+            if executor is not None:
+                executor.shutdown(force=True)
+    if failure is not None:
+        raise failure
 
 
 def fault_runtime_env() -> dict | None:
@@ -200,11 +213,29 @@ class ModelReplica:
 def rows_batch(handle: Callable[[str], list[dict[str, Any]]], batch: dict[str, np.ndarray]) -> dict[str, list]:
     """Ray Data batch of expression ids -> the column batch of the rows `handle` returns for each of them,
     each tagged with the node that computed it (`run_pool` takes the tag off)."""
-    rows = [row for expression_id in batch["expression_id"] for row in handle(str(expression_id))]
+    try:
+        rows = [row for expression_id in batch["expression_id"] for row in handle(str(expression_id))]
+    except UserError as error:
+        # Returned, not raised: Ray Data does not shut down a pool whose task failed (its actors would keep
+        # their CPUs); `run_pool` raises it in the driver after closing the pool.
+        kind = type(error)
+        return {"expression_id": [str(batch["expression_id"][0])], ERROR_COLUMN: [str(error).split("\n", 1)[0]],
+                ERROR_TYPE_COLUMN: [f"{kind.__module__}:{kind.__qualname__}"], NODE_COLUMN: [current_node()]}  # fmt: skip
     assert rows, "every expression has at least one frame"
     columns = {key: [row[key] for row in rows] for key in rows[0]}
     columns[NODE_COLUMN] = [current_node()] * len(rows)
     return columns
+
+
+def _user_error(kind: str, message: str) -> UserError:
+    """The user error an actor returned, as the same exception class (its one-line message, no __init__)."""
+    module, _, name = kind.partition(":")
+    cls = getattr(importlib.import_module(module), name, UserError)
+    if not (isinstance(cls, type) and issubclass(cls, UserError)):
+        cls = UserError
+    error = cls.__new__(cls)
+    error.args = (message,)
+    return error
 
 
 def _own_line(error: UserError) -> UserError:

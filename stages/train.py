@@ -201,6 +201,8 @@ def train_loop(config: dict) -> None:
         start_epoch, step, history = saved.meta["epoch"] + 1, saved.meta["step"], saved.meta["history"]
         for _ in range(start_epoch):
             schedule.step()
+        if rank == 0:
+            _progress(f"r{inputs.round_index} train: resumed from the checkpoint of epoch {start_epoch}/{cfg.epochs}")
     # Clip length 1 leaves the memory path unused, which DDP must be told about.
     model = ray.train.torch.prepare_model(
         student, parallel_strategy_kwargs={"find_unused_parameters": cfg.clip_frames == 1}
@@ -250,13 +252,18 @@ def train_loop(config: dict) -> None:
         }
         history.append(metrics)
         if rank == 0:
-            # Written to the stream, not print(): Ray Train patches print() to log each line a second time.
-            sys.stderr.write(
+            _progress(
                 f"r{inputs.round_index} train: epoch {epoch + 1}/{cfg.epochs}, loss {metrics['loss']:.4f}, "
-                f"{metrics['clips_per_second']:.1f} clips/s on {world} worker(s)\n"
+                f"{metrics['clips_per_second']:.1f} clips/s on {world} worker(s)"
             )
-            sys.stderr.flush()
         _report(metrics, history, rank, student, optimizer, teacher, inputs, cfg)
+
+
+def _progress(line: str) -> None:
+    """One progress line from a worker. Written to the stream, not print(): Ray Train patches print() to log
+    each line a second time."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def _report(metrics, history, rank, student, optimizer, teacher, inputs: TrainInputs, cfg: TrainSection) -> None:

@@ -140,11 +140,14 @@ def test_a_second_writer_is_refused_while_the_driver_runs(chain):
 def test_train_resumed_from_its_checkpoint_ends_as_an_uninterrupted_run(chain, ray_local):
     store, config = chain.store, chain.config
     resumed = store.read_marker("r0-train")
-    # After the worker kill Ray Train restored epoch 0's checkpoint: epoch 0 was reported once per worker, not
-    # again. The resume after the driver kill restored it too: its workers report start_epoch 1.
+    # After the worker kill Ray Train restored epoch 1's checkpoint: epoch 1 ran once, not again. The resume
+    # after the driver kill restored it too.
     first, resumed_log = ((chain.tmp / f"attempt{i}.log").read_text(errors="replace") for i in (0, 1))
-    assert "WorkerGroupError" in first and first.count("'start_epoch': 0") == config.train.workers
-    assert "'start_epoch': 1" in resumed_log
+    epochs = config.train.epochs
+    assert first.count(f"r0 train: epoch 1/{epochs},") == 1
+    assert f"r0 train: resumed from the checkpoint of epoch 1/{epochs}" in first  # the worker group restarted
+    assert f"r0 train: resumed from the checkpoint of epoch 1/{epochs}" in resumed_log
+    assert f"r0 train: epoch 1/{epochs}," not in resumed_log
     text = store.read_marker("text").outputs
     inputs = train.TrainInputs(
         manifest_dir=store.stage_dir("ingest"), text_cache=text["cache"], text_identity=text["identity"],
@@ -187,7 +190,7 @@ def test_infer_refine_evaluate_are_byte_identical_to_an_uninterrupted_run(chain,
 # Last: these damage the finished run.
 def test_status_verify_names_every_damaged_file(chain, capsys):
     run_dir = Path(chain.store.run_dir)
-    chunk = sorted((run_dir / "r0-infer/pseudo.zarr").glob("*/prob/c/3/0/0"))[0]
+    chunk = sorted((run_dir / "r0-infer/pseudo.zarr").glob("*/prob/c/0/0/0"))[0]
     chunk.unlink()  # a Zarr chunk deleted
     refined = sorted((run_dir / "r0-refine/refined.zarr").glob("*/label/c/2/0/0"))[0]
     refined.write_bytes(refined.read_bytes()[:5])  # a Zarr chunk truncated

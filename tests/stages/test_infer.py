@@ -5,6 +5,7 @@ finished infer re-run without model work, a store of other inputs started afresh
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import cv2
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import ray
 import torch
 import zarr
 from PIL import Image
@@ -136,11 +138,11 @@ def test_an_interrupted_infer_resumes_to_the_same_bytes(tiny_run, checkpoint, cl
     (out / "index.parquet").unlink()
     store = zarr.open_group(str(out / "pseudo.zarr"), mode="r+")
     names = sorted(name for name, _ in store.groups())
-    # One writer stopped mid-expression: not committed, a chunk holding garbage and one never written ...
+    # One writer stopped mid-expression: not committed, a frame holding garbage and a chunk never written ...
     stopped = store[names[1]]
     stopped.attrs["committed"] = False
     stopped["prob"][2] = np.full(SIZE, 7, np.uint8)
-    chunk = out / "pseudo.zarr" / names[1] / "uncertainty" / "c" / "3" / "0" / "0"
+    chunk = out / "pseudo.zarr" / names[1] / "uncertainty" / "c" / "0" / "0" / "0"
     assert chunk.is_file()
     chunk.unlink()
     # ... and one expression never started.
@@ -213,3 +215,9 @@ def test_problems_a_user_can_fix_are_one_line_errors(tiny_run, checkpoint, tmp_p
     assert type(raised.value) is StorageError and str(raised.value).endswith(f"{video.frame_ids[3]}.jpg: not found")
     store = zarr.open_group(str(tmp_path / "frame-gone-out" / "pseudo.zarr"), mode="r")
     assert store[expression.expression_id].attrs["committed"] is False
+    # The failed pool's actor gives its CPU back (it used to hold it until garbage collection, and the next
+    # stage's Ray Train workers waited for it forever).
+    deadline = time.time() + 15
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"] and time.time() < deadline:
+        time.sleep(0.2)
+    assert ray.available_resources().get("CPU", 0) == ray.cluster_resources()["CPU"]
