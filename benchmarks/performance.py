@@ -57,6 +57,16 @@ FINDINGS = """## Profiles, causes and fixes
   student, and a tiny teacher trained 12 epochs on the same workspace writes 1/54 (the demo's round-0 store at
   64x64: 1/11; benchmarks/results/pseudo_store.md at 320x320: 1/8.8 lukewarm, 1/9.6 confident). Tried: a delta
   filter along rows before zstd (numcodecs, on a demo run's maps) saves only ~10%; not adopted.
+- **P5 suite.** pytest --durations (P5 section): 15.8 min idle before this round of work, 12.9 min after. Cut: the
+  e2e driver-kill-in-infer test (120 s) duplicated the fault chain's r0-infer kill and byte comparison, removed;
+  Ray now starts only when a stage has work, so commands that fail on a user error or find everything committed
+  return without a Ray start (CLI error test 70 -> 44 s); a leaked actor of a failed pool that could hang the
+  next Ray Train test is fixed. Left: the fault chain (206 s: 6 driver starts, 3 Ray Train starts, the #9
+  evidence), the two-node cluster on S3 (111 s, #10) and the shared e2e run (69 s) are 6.4 of the 12.9 minutes;
+  reaching 10 would mean dropping or shrinking that evidence. Not met.
+- **P5 demo.** 12 epochs per round instead of 15 (4.4-4.7 min, was 4.9 at 15 epochs); each Ray Train stage
+  spends ~15 s starting its controller and 2 workers (each imports torch + timm, ~3 s of CPU), each actor pool
+  ~6 s before its first expression: ~80 s of the demo is process start-up.
 """
 
 
