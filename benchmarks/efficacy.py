@@ -189,25 +189,31 @@ def summary_lines(seed_results: dict[int, dict[str, dict]]) -> list[str]:
         last = results["full"]["rounds"]
         final = {v: results[v]["stages"][f"r{last}-evaluate"]["JF"] for v in results}
         finals[seed] = final
-        gap = final.get("full_gt", float("nan")) - final["gt_only"]
-        recovered = (final["full"] - final["gt_only"]) / gap if gap > 0 else float("nan")
         refine0 = results["full"]["stages"]["r0-refine"]
         lines.append(
             f"- seed {seed}: round-{last} J&F (c) {final['full']:.3f} vs (a) {final['gt_only']:.3f} "
             f"({100 * (final['full'] - final['gt_only']):+.1f} points), (d) {final.get('full_gt', float('nan')):.3f}: "
-            f"{100 * recovered:.0f}% of the (a)-(d) gap recovered; round-0 refined precision "
+            f"{_recovered(final)}; round-0 refined precision "
             f"{refine0['pseudo_precision_full']:.3f} at coverage {refine0['pseudo_coverage_full']:.3f} vs raw teacher "
             f"{refine0['teacher_precision_full']:.3f}"
         )
     if len(finals) > 1:
         mean = {v: statistics.mean(f[v] for f in finals.values()) for v in next(iter(finals.values()))}
-        gap = mean.get("full_gt", float("nan")) - mean["gt_only"]
         lines.append(
             f"- mean over seeds: (c) {mean['full']:.3f} vs (a) {mean['gt_only']:.3f} "
-            f"({100 * (mean['full'] - mean['gt_only']):+.1f} points); "
-            f"{100 * (mean['full'] - mean['gt_only']) / gap if gap > 0 else float('nan'):.0f}% of the gap recovered"
+            f"({100 * (mean['full'] - mean['gt_only']):+.1f} points); {_recovered(mean)}"
         )
     return lines
+
+
+def _recovered(final: dict[str, float]) -> str:
+    """Share of the (a)-(d) gap that (c) recovers; said in words when (d) is not a point above (a)."""
+    if "full_gt" not in final:
+        return "(d) not run"
+    gap = final["full_gt"] - final["gt_only"]
+    if gap < 0.01:
+        return f"no (a)-(d) gap to recover ((d) - (a) = {100 * gap:+.1f} points)"
+    return f"{100 * (final['full'] - final['gt_only']) / gap:.0f}% of the (a)-(d) gap recovered"
 
 
 def seen_lines(seed_results: dict[int, dict[str, dict]], variants: list[str]) -> list[str]:
