@@ -137,26 +137,14 @@ def _throughput(work: Path, space, args, load: LoadLog) -> tuple[dict, str]:
         # A: the real data path, with each data function timed (a wrapper around the module's own names).
         for module, name in PROFILED:
             setattr(MODULES[module], name, _timed(originals[name], name, profile, calls))
-        started, loading = time.perf_counter(), 0.0
-        for _ in range(args.steps):
-            fetch = time.perf_counter()
-            batch = next(batches)
-            loading += time.perf_counter() - fetch
-            step(batch)
-        real = time.perf_counter() - started
+        real, loading = _timed_steps(batches, step, args.steps)
         for module, name in PROFILED:
             setattr(MODULES[module], name, originals[name])
         # B: the same step on the batch collated once.
         bare = perf_setup.timed(lambda: [step(preloaded) for _ in range(args.steps)])
         # A0: the real data path as before the fix: every JPEG decoded in full, then area-resized.
         clips_module.load_frame = lambda uri, size, box, frame_size: originals["load_frame"](uri, size, box)
-        started, full_loading = time.perf_counter(), 0.0
-        for _ in range(args.steps):
-            fetch = time.perf_counter()
-            batch = next(batches)
-            full_loading += time.perf_counter() - fetch
-            step(batch)
-        full_decode = time.perf_counter() - started
+        full_decode, full_loading = _timed_steps(batches, step, args.steps)
         clips_module.load_frame = originals["load_frame"]
         before_ratios.append(bare / full_decode)
         before_in_block.append(1 - full_loading / full_decode)
@@ -268,6 +256,17 @@ def _text_costs(space, args, load: LoadLog, step_seconds: float) -> tuple[dict, 
         f"{markdown_table(['text path', 'ms per sample', f'share of a {args.size} CPU step'], rows)}\n"
     )
     return figures, body
+
+
+def _timed_steps(batches, step, steps: int) -> tuple[float, float]:
+    """Seconds of `steps` training steps on batches drawn from `batches`, and the part spent drawing them."""
+    started, loading = time.perf_counter(), 0.0
+    for _ in range(steps):
+        fetch = time.perf_counter()
+        batch = next(batches)
+        loading += time.perf_counter() - fetch
+        step(batch)
+    return time.perf_counter() - started, loading
 
 
 if __name__ == "__main__":
