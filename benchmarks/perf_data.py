@@ -240,7 +240,7 @@ def _text_costs(space, args, load: LoadLog, step_seconds: float) -> tuple[dict, 
     for repeat in range(args.text_repeats):
         text = texts[repeat % len(texts)]
         for name, encode in candidates.items():  # interleaved
-            seconds[name].append(perf_setup.timed(lambda: encode(text)))
+            seconds[name].append(perf_setup.timed(encode, text))
     load.sample()
     per_sample = {name: median(values) for name, values in seconds.items()}
     figures = {"text_ms_per_sample": {name: 1000 * value for name, value in per_sample.items()},

@@ -165,8 +165,8 @@ def _inference(work: Path, space, checkpoint: str, args, load: LoadLog):
         load.sample()
         print(f"round {round_index}: bare {bare_fps[-1]:.1f} f/s, 1 actor {one[-1]['steady_fps']:.1f} f/s "
               f"(first {one[-1]['first_s']:.1f} s), 2 actors {two[-1]['steady_fps']:.1f} f/s", flush=True)  # fmt: skip
-    ratio_one = [o["steady_fps"] / b for o, b in zip(one, bare_fps)]
-    ratio_two = [t["steady_fps"] / o["steady_fps"] for o, t in zip(one, two)]
+    ratio_one = [o["steady_fps"] / b for o, b in zip(one, bare_fps, strict=True)]
+    ratio_two = [t["steady_fps"] / o["steady_fps"] for o, t in zip(one, two, strict=True)]
     figures = {
         "frames": frames,
         "bare_fps": median(bare_fps),
@@ -220,9 +220,9 @@ def _store(work: Path, space, reference, figures: dict, args, load: LoadLog, tra
         for round_index in range(args.rounds):
             folder = work / f"write-{size[0]}-{round_index}"
             folder.mkdir()
-            zarr_s.append(perf_setup.timed(lambda: _zarr_write(folder / "pseudo.zarr", frames, uncertainty)))
-            npy_s.append(perf_setup.timed(lambda: _npy_write(folder / "npy", frames, uncertainty, quantised=True)))
-            npy_raw_s.append(perf_setup.timed(lambda: _npy_write(folder / "raw", frames, uncertainty, quantised=False)))
+            zarr_s.append(perf_setup.timed(_zarr_write, folder / "pseudo.zarr", frames, uncertainty))
+            npy_s.append(perf_setup.timed(_npy_write, folder / "npy", frames, uncertainty, quantised=True))
+            npy_raw_s.append(perf_setup.timed(_npy_write, folder / "raw", frames, uncertainty, quantised=False))
             shutil.rmtree(folder)
         load.sample()
         megabytes = frames.shape[0] * 2 * 4 * size[0] * size[1] / 1e6  # the float32 pair each path is handed

@@ -299,7 +299,7 @@ def _modules(model, args, load: LoadLog) -> tuple[dict, str]:
         model.cross_modal(feats["res5"], text, word_mask).sum().backward()
 
     def seed_cross_modal():
-        out = sum(m(feats[level], words, word_mask).sum() for m, level in zip(seed_cross, ("res3", "res4", "res5")))
+        out = sum(m(feats[level], words, word_mask).sum() for m, level in zip(seed_cross, ("res3", "res4", "res5"), strict=True))
         out.backward()
 
     def ours_decoder():

@@ -41,9 +41,10 @@ class LoadLog:
         return f"1-min load average during the run: min {min(self.values):.1f}, median {median(self.values):.1f}, max {max(self.values):.1f}"
 
 
-def timed(function) -> float:
+def timed(function, *args, **kwargs) -> float:
+    """Seconds of one call of function(*args, **kwargs)."""
     started = time.perf_counter()
-    function()
+    function(*args, **kwargs)
     return time.perf_counter() - started
 
 
