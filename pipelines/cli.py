@@ -49,6 +49,9 @@ def data_synth(
     size: Annotated[tuple[int, int], typer.Option(help="Frame height and width.")] = (96, 96),
     label_every: Annotated[int, typer.Option(help="Train masks on every K-th frame.")] = 5,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives byte-identical output.")] = 0,
+    dynamics: Annotated[
+        str, typer.Option(help="'linear': objects keep their look; 'varied': they sway, pulse, turn and shade.")
+    ] = "linear",
 ) -> None:
     """Write a deterministic synthetic RVOS dataset in the Ref-YouTube-VOS layout."""
     from prvos_core.progress import progress_bar
@@ -64,6 +67,7 @@ def data_synth(
             size=size,
             label_every=label_every,
             seed=seed,
+            dynamics=dynamics,
             progress=lambda done, _total: bar.update(done - bar.n),
         )
     typer.echo(f"wrote {out}: {summary}")

@@ -80,6 +80,7 @@ def ensure_dataset(config: PrvosConfig) -> None:
         frames=synth.frames,
         size=tuple(synth.size),
         label_every=synth.label_every,
+        dynamics=synth.dynamics,
         seed=synth.seed,
     )
 

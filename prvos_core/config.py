@@ -67,6 +67,7 @@ class SynthSection(Section):
     size: tuple[int, int] = (96, 96)  # frame height, width
     label_every: int = Field(5, ge=1)  # train masks on every K-th frame, as in Ref-YouTube-VOS
     seed: int = 0
+    dynamics: Literal["linear", "varied"] = "linear"  # "varied": objects sway, pulse, turn and shade over a video
 
     @field_validator("size")
     @classmethod

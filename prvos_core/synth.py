@@ -28,7 +28,7 @@ import numpy as np
 from prvos_core.errors import ConfigError
 from prvos_core.layout import SplitPaths, read_json, write_json
 from prvos_core.masks import write_palette_mask
-from prvos_core.synth_scene import VideoScene, describe_objects, plan_video, render_frame
+from prvos_core.synth_scene import DYNAMICS, VideoScene, describe_objects, plan_video, render_frame
 
 FORMAT_VERSION = 1  # bump when the same arguments would draw different content
 _JPEG_QUALITY = 90
@@ -49,6 +49,7 @@ class SynthArguments:
     size: tuple[int, int]  # (height, width)
     label_every: int
     seed: int
+    dynamics: str = "linear"  # prvos_core.synth_scene.DYNAMICS
 
 
 @dataclass(frozen=True)
@@ -87,15 +88,17 @@ def generate_synthetic(
     size: tuple[int, int] = (96, 96),
     label_every: int = 5,
     seed: int = 0,
+    dynamics: str = "linear",
     progress: Callable[[int, int], None] | None = None,
 ) -> SynthSummary:
     """Write the synthetic dataset to `out` (a new or empty folder) and return its summary.
 
     `valid_videos` defaults to max(1, videos // 4). If `out` already holds a dataset made with the same
     arguments it is kept as is (`reused=True`); any other non-empty `out` raises ConfigError.
-    `progress(done_videos, total_videos)` is called after each video.
+    `progress(done_videos, total_videos)` is called after each video. `dynamics` is how objects change over a video
+    (prvos_core.synth_scene: "linear" or "varied").
     """
-    arguments = _validated(videos, valid_videos, frames, size, label_every, seed)
+    arguments = _validated(videos, valid_videos, frames, size, label_every, seed, dynamics)
     out = Path(out)
     existing = _existing(out, arguments)
     if existing is not None:
@@ -114,7 +117,13 @@ def generate_synthetic(
 
 
 def _validated(
-    videos: int, valid_videos: int | None, frames: int, size: tuple[int, int], label_every: int, seed: int
+    videos: int,
+    valid_videos: int | None,
+    frames: int,
+    size: tuple[int, int],
+    label_every: int,
+    seed: int,
+    dynamics: str,
 ) -> SynthArguments:
     """Check every argument; all problems in one ConfigError line."""
     problems = []
@@ -140,6 +149,8 @@ def _validated(
         problems.append(f"label_every must be an integer >= 1 (got {label_every!r}); pass e.g. --label-every 5")
     if not is_int(seed) or seed < 0:
         problems.append(f"seed must be an integer >= 0 (got {seed!r}); pass e.g. --seed 0")
+    if dynamics not in DYNAMICS:
+        problems.append(f"dynamics must be one of {', '.join(DYNAMICS)} (got {dynamics!r}); pass e.g. --dynamics varied")
     if problems:
         raise ConfigError("synthetic dataset: " + "; ".join(problems))
     return SynthArguments(
@@ -149,6 +160,7 @@ def _validated(
         size=(int(size[0]), int(size[1])),
         label_every=int(label_every),
         seed=int(seed),
+        dynamics=dynamics,
     )
 
 
@@ -166,7 +178,8 @@ def _existing(out: Path, arguments: SynthArguments) -> SynthSummary | None:
     record = read_json(record_path)
     expected = {"format": FORMAT_VERSION, "arguments": asdict(arguments)}
     # JSON turns the size tuple into a list; compare through the same encoding.
-    found = {"format": record.get("format"), "arguments": record.get("arguments")}
+    # Datasets written before `dynamics` existed are "linear" ones.
+    found = {"format": record.get("format"), "arguments": {"dynamics": "linear", **(record.get("arguments") or {})}}
     if _as_json(found) != _as_json(expected):
         raise ConfigError(
             f"{out} holds a synthetic dataset made with other arguments ({record.get('arguments')}); "
@@ -213,7 +226,7 @@ def _write_dataset(
         expression_videos: dict[str, dict] = {}
         for index in range(count):
             rng = video_rng(arguments.seed, split, index)
-            scene = plan_video(rng, arguments.frames, arguments.size)
+            scene = plan_video(rng, arguments.frames, arguments.size, arguments.dynamics)
             descriptions = describe_objects(scene.objects, rng)
             vid = video_id(split, index)
             visible_frames = _write_video(paths, vid, scene, label_every, dense=split == "train")

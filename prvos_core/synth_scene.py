@@ -6,12 +6,19 @@ distractor (two objects of one colour) and a shape distractor (two objects of on
 must read the expression: "the small red circle moving left" vs "the large red square moving right".
 Two objects are set on crossing paths, so occlusion happens in (nearly) every video. All randomness comes from the
 `numpy.random.Generator` passed in; the same generator state gives the same scene, pixel for pixel.
+
+Dynamics: "linear" (the default) is the above, where every frame of an object looks like every other, so a few
+labelled frames hold all there is to learn about it. "varied" adds what real videos have between their labelled
+frames: each object sways across its path, grows and shrinks, turns (all but circles) and goes lighter and darker,
+each as a sine of its own period (4-11 frames) and phase. Sizes stay apart (small <= 0.092, large >= 0.11 of the
+side), squares and diamonds turn at most 10 degrees (they stay 25 degrees apart), triangles up to 26, the colour
+keeps its name, and the sway is a fraction of the travel, so every expression stays true on every frame.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -26,6 +33,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {  # saturated RGB, far from the mute
 SHAPES = ("circle", "square", "triangle", "diamond")
 SIZES: dict[str, float] = {"small": 0.08, "large": 0.13}  # half-size as a fraction of the shorter image side
 MOTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+DYNAMICS = ("linear", "varied")
 
 # Every shape fits in a box of half-side EXTENT * half_size; positions keep that box inside the frame.
 _EXTENT = 1.2
@@ -54,6 +62,20 @@ _PHRASINGS: tuple[tuple[tuple[str, ...], str], ...] = (
 
 
 @dataclass(frozen=True)
+class Wave:
+    """amplitude * sin(2 pi t / period + phase); the zero wave (amplitude 0) is the "linear" dynamics."""
+
+    amplitude: float = 0.0
+    period: float = 1.0  # frames
+    phase: float = 0.0  # radians
+
+    def at(self, t: float) -> float:
+        if not self.amplitude:
+            return 0.0
+        return self.amplitude * math.sin(2.0 * math.pi * t / self.period + self.phase)
+
+
+@dataclass(frozen=True)
 class SceneObject:
     """One moving shape. Positions are in pixels (x right, y down), pixel centres at integer coordinates."""
 
@@ -66,9 +88,21 @@ class SceneObject:
     start: tuple[float, float]  # centre (x, y) on frame 0
     velocity: tuple[float, float]  # pixels per frame
     depth: int  # drawing order: 0 is farthest, drawn first
+    sway: Wave = Wave()  # pixels, across the direction of motion
+    pulse: Wave = Wave()  # relative change of half_size
+    turn: Wave = Wave()  # radians
+    shade: Wave = Wave()  # relative change of the colour's brightness
 
     def centre(self, t: float) -> tuple[float, float]:
-        return (self.start[0] + self.velocity[0] * t, self.start[1] + self.velocity[1] * t)
+        x, y = self.start[0] + self.velocity[0] * t, self.start[1] + self.velocity[1] * t
+        offset = self.sway.at(t)
+        return (x, y + offset) if MOTIONS[self.motion][0] else (x + offset, y)
+
+    def half_size_at(self, t: float) -> float:
+        return self.half_size * (1.0 + self.pulse.at(t))
+
+    def colour_at(self, t: float) -> np.ndarray:
+        return np.clip(np.array(COLOURS[self.colour], dtype=np.float64) * (1.0 + self.shade.at(t)), 0, 255)
 
     def attribute(self, name: str) -> str:
         return {"colour": self.colour, "shape": self.shape, "size": self.size, "motion": self.motion}[name]
@@ -94,8 +128,11 @@ class RenderedFrame:
     shapes: np.ndarray  # (n, H, W) bool, each object's whole shape including its hidden parts
 
 
-def plan_video(rng: np.random.Generator, frames: int, size: tuple[int, int]) -> VideoScene:
-    """Draw a scene: attributes with distractors, motions with one crossing, depth order and background.
+def plan_video(
+    rng: np.random.Generator, frames: int, size: tuple[int, int], dynamics: str = "linear"
+) -> VideoScene:
+    """Draw a scene: attributes with distractors, motions with one crossing, depth order and background
+    (and, with `dynamics="varied"`, each object's sway, pulse, turn and shade).
 
     Motions are redrawn (up to a fixed number of times) until every object is at least half visible on
     frame 0 and, on average over a few frames spread across the video, mostly visible.
@@ -106,6 +143,8 @@ def plan_video(rng: np.random.Generator, frames: int, size: tuple[int, int]) -> 
     probe_frames = np.unique(np.linspace(0, frames - 1, min(frames, 8)).round().astype(int))
     for _ in range(_PLAN_ATTEMPTS):
         objects = _draw_objects(rng, attributes, frames, height, width)
+        if dynamics == "varied":
+            objects = tuple(_vary(obj, rng, min(height, width)) for obj in objects)
         scene = VideoScene(height, width, frames, objects, texture, pan_start, pan_velocity)
         visible = np.stack([_visible_fraction(render_frame(scene, int(t))) for t in probe_frames])
         if visible[0].min() >= _MIN_FIRST_FRAME_VISIBLE and visible.mean(axis=0).min() >= _MIN_MEAN_VISIBLE:
@@ -121,7 +160,7 @@ def render_frame(scene: VideoScene, t: int) -> RenderedFrame:
     canvas = np.zeros((height, width), dtype=np.uint8)
     for obj in sorted(scene.objects, key=lambda o: o.depth):
         canvas[:] = 0
-        _draw_shape(canvas, obj.shape, obj.centre(t), obj.half_size)
+        _draw_shape(canvas, obj.shape, obj.centre(t), obj.half_size_at(t), obj.turn.at(t))
         shapes[obj.object_id - 1] = canvas > 0
         labels[canvas > 0] = obj.object_id
     x0 = round(scene.pan_start[0] + scene.pan_velocity[0] * t)
@@ -129,7 +168,7 @@ def render_frame(scene: VideoScene, t: int) -> RenderedFrame:
     background = scene.texture[y0 : y0 + height, x0 : x0 + width]
     lookup = np.zeros((len(scene.objects) + 1, 3), dtype=np.uint8)
     for obj in scene.objects:
-        lookup[obj.object_id] = COLOURS[obj.colour]
+        lookup[obj.object_id] = obj.colour_at(t).round().astype(np.uint8)
     image = np.where(labels[..., None] > 0, lookup[labels], background)
     return RenderedFrame(image=image, labels=labels, shapes=shapes)
 
@@ -232,6 +271,25 @@ def _draw_objects(
     )
 
 
+# Turn amplitudes (radians) of squares and diamonds (at most 10 degrees: they stay 25 degrees apart) and of triangles.
+_TURN = ((0.08, 0.17), (0.2, 0.45))
+
+
+def _vary(obj: SceneObject, rng: np.random.Generator, side: int) -> SceneObject:
+    """`obj` with the waves of the "varied" dynamics (bounds in the module docstring)."""
+
+    def wave(low: float, high: float) -> Wave:
+        return Wave(float(rng.uniform(low, high)), float(rng.uniform(4.0, 11.0)), float(rng.uniform(0, 2 * math.pi)))
+
+    return replace(
+        obj,
+        sway=wave(0.03 * side, 0.07 * side),
+        pulse=wave(0.08, 0.15),
+        turn=Wave() if obj.shape == "circle" else wave(*_TURN[obj.shape == "triangle"]),
+        shade=wave(0.12, 0.25),
+    )
+
+
 def _draw_background(
     rng: np.random.Generator, frames: int, height: int, width: int
 ) -> tuple[np.ndarray, tuple[float, float], tuple[float, float]]:
@@ -261,8 +319,10 @@ def _draw_background(
     return texture, pan_start, pan_velocity
 
 
-def _draw_shape(canvas: np.ndarray, shape: str, centre: tuple[float, float], half_size: float) -> None:
-    """Fill `shape` with value 1 on the (H, W) uint8 canvas (subpixel positions)."""
+def _draw_shape(
+    canvas: np.ndarray, shape: str, centre: tuple[float, float], half_size: float, angle: float = 0.0
+) -> None:
+    """Fill `shape`, turned by `angle` radians, with value 1 on the (H, W) uint8 canvas (subpixel positions)."""
     scale = 1 << _SUBPIXEL_BITS
     cx, cy = centre
     if shape == "circle":
@@ -280,5 +340,8 @@ def _draw_shape(canvas: np.ndarray, shape: str, centre: tuple[float, float], hal
         corners = [(0.0, -r), (r, 0.0), (0.0, r), (-r, 0.0)]
     else:
         raise AssertionError(f"unknown shape {shape}")
+    if angle:
+        cos, sin = math.cos(angle), math.sin(angle)
+        corners = [(dx * cos - dy * sin, dx * sin + dy * cos) for dx, dy in corners]
     points = np.array([[round((cx + dx) * scale), round((cy + dy) * scale)] for dx, dy in corners], dtype=np.int32)
     cv2.fillPoly(canvas, [points], 1, shift=_SUBPIXEL_BITS)
