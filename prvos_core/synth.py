@@ -150,7 +150,9 @@ def _validated(
     if not is_int(seed) or seed < 0:
         problems.append(f"seed must be an integer >= 0 (got {seed!r}); pass e.g. --seed 0")
     if dynamics not in DYNAMICS:
-        problems.append(f"dynamics must be one of {', '.join(DYNAMICS)} (got {dynamics!r}); pass e.g. --dynamics varied")
+        problems.append(
+            f"dynamics must be one of {', '.join(DYNAMICS)} (got {dynamics!r}); pass e.g. --dynamics varied"
+        )
     if problems:
         raise ConfigError("synthetic dataset: " + "; ".join(problems))
     return SynthArguments(

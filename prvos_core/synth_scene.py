@@ -128,9 +128,7 @@ class RenderedFrame:
     shapes: np.ndarray  # (n, H, W) bool, each object's whole shape including its hidden parts
 
 
-def plan_video(
-    rng: np.random.Generator, frames: int, size: tuple[int, int], dynamics: str = "linear"
-) -> VideoScene:
+def plan_video(rng: np.random.Generator, frames: int, size: tuple[int, int], dynamics: str = "linear") -> VideoScene:
     """Draw a scene: attributes with distractors, motions with one crossing, depth order and background
     (and, with `dynamics="varied"`, each object's sway, pulse, turn and shade).
 
