@@ -46,9 +46,14 @@ VARIANTS: dict[str, list[str]] = {
     "raw_pseudo": ["refine.enabled=false"],
     "gt_only": ["pseudo_labels=false"],
     "full_gt": ["pseudo_labels=false", "train.gt_source=full_annotations"],
-    # Not in the default list: the method keeping every pseudo-labelled frame that passes the frame rules
-    # (kept-pixel ratio, object area) instead of the K most certain.
+    # Not in the default list: the method with one knob changed (`--variants full_ema099 ...`, the sweep).
+    # Frame selection: every pseudo-labelled frame that passes the frame rules instead of the 3 most certain.
     "full_all_frames": ["refine.frames_per_expression=0"],
+    "full_ema099": ["train.ema_decay=0.99"],  # a slower teacher (demo.yaml: 0.95)
+    "full_no_ema": ["train.ema_decay=0"],  # the teacher is the last student itself
+    "full_p50": ["refine.percentile=50"],  # stricter thresholds: each class keeps its most confident 50 %
+    "full_p5": ["refine.percentile=5"],  # looser: 95 % (within the 0.7-0.95 clamp)
+    "full_uniform": ["refine.weighting=uniform"],  # kept pixels weigh 1 instead of rising with confidence
 }
 DEFAULT_VARIANTS = ["full", "raw_pseudo", "gt_only", "full_gt"]
 LABELS = {
@@ -56,7 +61,12 @@ LABELS = {
     "raw_pseudo": "(b) raw pseudo-labels",
     "full": "(c) full method",
     "full_gt": "(d) GT on every frame",
-    "full_all_frames": "(c') full method, every frame that passes the rules",
+    "full_all_frames": "(c') every frame that passes the rules",
+    "full_ema099": "(c') EMA decay 0.99",
+    "full_no_ema": "(c') no EMA (teacher = student)",
+    "full_p50": "(c') percentile 50 (stricter)",
+    "full_p5": "(c') percentile 5 (looser)",
+    "full_uniform": "(c') uniform pixel weights",
 }
 PSEUDO_KEYS = ("pseudo_precision_full", "pseudo_recall_full", "pseudo_coverage_full", "teacher_precision_full")
 

@@ -42,6 +42,10 @@ def test_negative_and_zero_sizes_are_refused():
         config_from_dict({"data": {"root": "d", "synth": {"size": [0, -4]}}})
     with pytest.raises(ConfigError, match="data.synth.videos"):
         config_from_dict({"data": {"root": "d", "synth": {"videos": 0}}})
+    with pytest.raises(
+        ConfigError, match=r"'data.synth.dynamics': Input should be 'linear' or 'varied' \(got 'wavy'\)"
+    ):
+        config_from_dict({"data": {"root": "d", "synth": {"dynamics": "wavy"}}})
 
 
 def test_unsafe_run_id_is_refused():

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from prvos_core.errors import ConfigError
-from prvos_core.layout import SplitPaths, read_json
+from prvos_core.layout import SplitPaths, read_json, write_json
 from prvos_core.masks import read_mask
 from prvos_core.synth import generate_synthetic, video_rng
 from prvos_core.synth_scene import COLOURS, MOTIONS, SHAPES, SIZES, plan_video, render_frame
@@ -243,3 +243,64 @@ def test_bad_arguments_raise_config_error(tmp_path: Path, override: dict, named:
         generate_synthetic(tmp_path / "out", **{**ARGS, **override})
     assert "\n" not in str(error.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_varied_dynamics_change_each_object_between_frames_and_keep_its_description_true(tmp_path: Path) -> None:
+    """'varied': objects sway, pulse, turn and shade between frames, yet every expression stays true: sizes stay
+    apart, squares and diamonds do not turn into each other, colours keep their name, motion keeps its axis."""
+    side, frames = 96, 16
+    changed = {"pulse": 0, "turn": 0, "shade": 0, "sway": 0}
+    for index in range(6):
+        linear = plan_video(video_rng(3, "train", index), frames, (side, side))
+        varied = plan_video(video_rng(3, "train", index), frames, (side, side), "varied")
+        # The same draws before the waves: the varied scene is the linear one plus waves (when its first plan passed).
+        assert [o.shape for o in varied.objects] == [o.shape for o in linear.objects]
+        for obj in varied.objects:
+            times = np.arange(frames)
+            half = np.array([obj.half_size_at(t) for t in times]) / side
+            if obj.size == "small":
+                assert half.max() <= 0.0921
+            else:
+                assert half.min() >= 0.1105
+            turn = np.abs([obj.turn.at(t) for t in times])
+            assert turn.max() <= (0.46 if obj.shape == "triangle" else 0.171)
+            assert obj.shape != "circle" or turn.max() == 0.0
+            changed["pulse"] += half.max() / half.min() > 1.1
+            changed["turn"] += turn.max() > 0.05
+            changed["sway"] += abs(obj.sway.amplitude) >= 0.03 * side
+            shades = np.array([obj.colour_at(t) for t in times])
+            changed["shade"] += np.ptp(shades.max(axis=1)) > 30
+            # The colour keeps its name: the nearest named colour (by direction in RGB) is its own on every frame.
+            names = list(COLOURS)
+            unit = np.array([COLOURS[n] for n in names], dtype=float)
+            unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+            nearest = {names[i] for i in (shades / np.linalg.norm(shades, axis=1, keepdims=True) @ unit.T).argmax(1)}
+            assert nearest == {obj.colour}
+        rendered = [render_frame(varied, t) for t in range(frames)]
+        for obj in varied.objects:
+            centres = np.array([np.argwhere(f.shapes[obj.object_id - 1]).mean(axis=0)[::-1] for f in rendered])
+            step = np.array(MOTIONS[obj.motion])
+            assert (centres[-1] - centres[0]) @ step > 5.0, "still moving along its named direction"
+            assert np.all(np.abs(np.diff(centres, axis=0) @ step) < 8.0)
+    assert all(count >= 12 for count in changed.values()), changed
+
+
+def test_varied_dataset_differs_from_linear_and_old_records_count_as_linear(tmp_path: Path, dataset: Path) -> None:
+    varied = tmp_path / "varied"
+    generate_synthetic(varied, **ARGS, dynamics="varied")
+    assert read_json(varied / "synth.json")["arguments"]["dynamics"] == "varied"
+    assert (
+        tree_hashes(varied)["train/JPEGImages/synth0000/00005.jpg"]
+        != tree_hashes(dataset)["train/JPEGImages/synth0000/00005.jpg"]
+    )
+    with pytest.raises(ConfigError, match="other arguments"):
+        generate_synthetic(varied, **ARGS)
+    with pytest.raises(ConfigError, match=r"dynamics must be one of linear, varied \(got 'wavy'\)"):
+        generate_synthetic(tmp_path / "wavy", **ARGS, dynamics="wavy")
+    # A dataset written before `dynamics` existed (no such key in synth.json) is a linear one and is reused.
+    old = tmp_path / "old"
+    generate_synthetic(old, **ARGS)
+    record = read_json(old / "synth.json")
+    del record["arguments"]["dynamics"]
+    write_json(old / "synth.json", record)
+    assert generate_synthetic(old, **ARGS).reused
