@@ -270,7 +270,10 @@ def main() -> None:
 
     work = args.work or Path(tempfile.mkdtemp(prefix="prvos-efficacy-"))
     work.mkdir(parents=True, exist_ok=True)
-    ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR", _temp_dir=str(work / "ray"))
+    from pipelines.ray_session import quiet_ray_train_logs
+
+    ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR", _temp_dir=str(work / "ray"),
+             runtime_env={"worker_process_setup_hook": quiet_ray_train_logs})  # fmt: skip
     started = time.perf_counter()
     seed_results = {}
     try:
@@ -308,6 +311,8 @@ def main() -> None:
     command = "python benchmarks/efficacy.py " + " ".join(sys.argv[1:])
     name = args.out or ("efficacy_real.md" if args.real else "efficacy.md")
     path = write_result(name, "Efficacy ablation", command, "\n".join(body))
+    # Every number behind the table (per seed, variant and stage), for later comparisons.
+    path.with_suffix(".json").write_text(json.dumps(seed_results, indent=1, sort_keys=True, default=str) + "\n")
     print("\n".join(body))
     print(f"wrote {path}")
     if not args.work:
