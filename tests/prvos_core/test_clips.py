@@ -114,3 +114,27 @@ def test_collate_stacks_a_batch(dataset_root):
     assert batch["frames"].shape == (2, 3, 3, *SIZE) and batch["frames"].dtype == torch.uint8
     assert batch["labels"].shape == (2, 3, *SIZE) and batch["weights"].dtype == torch.float32
     assert batch["words"].shape == (2, 4, 8) and batch["word_mask"].dtype == torch.bool
+
+
+def test_clips_span_the_video_however_densely_it_is_labelled(dataset_root):
+    """One labelled frame per third of the time line: dense labels (every frame) give clips at least the time span
+    of sparse ones (every 5th). A uniform draw from the labelled frames made dense clips shorter (16 frames, 3 per
+    clip: 7.5 frames from first to last with every frame labelled, 12.5 with every 5th)."""
+    sparse, dense = _source(dataset_root), _source(dataset_root, gt_folder="full_annotations")
+    rng = np.random.default_rng(0)
+
+    def mean_span(source, length):
+        spans = []
+        for _ in range(400):
+            frames = [int(f) for f in choose_clip_frames(source, length, rng)]
+            assert frames == sorted(frames) and len(set(frames)) == length
+            spans.append(frames[-1] - frames[0])
+        return np.mean(spans)
+
+    # Every 5th of 10 frames labelled: 00000 and 00005, and 1 neighbour of the first to fill a 3-frame clip.
+    assert mean_span(sparse, 3) == 5.0
+    assert mean_span(dense, 3) >= 5.0
+    # Each third of the dense video gives one frame: the first from 0-3, the second from 4-6, the last from 7-9.
+    for _ in range(100):
+        frames = [int(f) for f in choose_clip_frames(dense, 3, rng)]
+        assert frames[0] <= 3 and 4 <= frames[1] <= 6 and frames[2] >= 7
