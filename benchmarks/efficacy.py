@@ -93,7 +93,7 @@ def derive_sparse_dataset(source: Path, target: Path, label_every: int) -> None:
 def seen_dataset(data: Path, target: Path) -> Path:
     """The train videos as a split named `valid`, masks on every frame (train/full_annotations): scoring a student
     on it says how well it segments the videos it was trained on, next to the unseen valid videos."""
-    from prvos_core.masks import read_mask
+    from prvos_core.data.masks import read_mask
 
     train, valid = data / "train", target / "valid"
     valid.mkdir(parents=True)
@@ -114,9 +114,9 @@ def seen_dataset(data: Path, target: Path) -> Path:
 def score_seen(seen: Path, checkpoint: str, size: tuple[int, int], work: Path) -> dict[str, float]:
     """J, F, J&F of a student checkpoint on the seen-video split (its own manifest and text cache)."""
     from prvos_core.config import EvaluateSection, IngestSection
-    from prvos_core.manifest import read_manifest
-    from prvos_core.text import TextEncoder
-    from prvos_core.text_cache import TextCache
+    from prvos_core.data.manifest import read_manifest
+    from prvos_core.text.cache import TextCache
+    from prvos_core.text.encoder import TextEncoder
     from stages import evaluate, ingest
 
     manifest_dir = work / "manifest"

@@ -18,10 +18,10 @@ import ray  # noqa: E402
 
 from benchmarks.common import markdown_table, median, write_result  # noqa: E402
 from prvos_core.config import IngestSection  # noqa: E402
-from prvos_core.dataset_source import files_on_disk, read_split  # noqa: E402
-from prvos_core.dataset_validate import VideoFiles, plan_checks  # noqa: E402
-from prvos_core.file_checks import check_files  # noqa: E402
-from prvos_core.synth import generate_synthetic  # noqa: E402
+from prvos_core.data.file_checks import check_files  # noqa: E402
+from prvos_core.data.source import files_on_disk, read_split  # noqa: E402
+from prvos_core.data.validate import VideoFiles, plan_checks  # noqa: E402
+from prvos_core.datasets.synth import generate_synthetic  # noqa: E402
 from stages import ingest  # noqa: E402
 
 

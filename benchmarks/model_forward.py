@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from prvos_core.model import build_model, count_parameters
+from prvos_core.model.builders import build_model, count_parameters  # noqa: E402
 
 CLIP_FRAMES = 5
 TEXT_DIM = 768  # DistilBERT width, as the paper setting; tiny's projection cost barely depends on it

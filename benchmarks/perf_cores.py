@@ -21,7 +21,7 @@ def _work(frames: int) -> float:
     """Frames/s of `encode_frame` + decode of the tiny model (random weights) on 128x128 frames, 1 thread."""
     import torch
 
-    from prvos_core.model import build_model
+    from prvos_core.model.builders import build_model
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

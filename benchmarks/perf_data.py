@@ -25,15 +25,17 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.common import markdown_table  # noqa: E402
-import prvos_core.clips as clips_module  # noqa: E402
-import prvos_core.frames as frames_module  # noqa: E402
-from prvos_core.clips import ClipDataset, ClipSpec, collate_clips  # noqa: E402
+import prvos_core.data.clips as clips_module  # noqa: E402
+import prvos_core.data.frames as frames_module  # noqa: E402
+from prvos_core.data.clips import ClipDataset, ClipSpec, collate_clips  # noqa: E402
 from prvos_core.config import ModelSection, TrainSection  # noqa: E402
-from prvos_core.manifest import read_manifest  # noqa: E402
-from prvos_core.model import EmaTeacher, build_model, clip_loss  # noqa: E402
-from prvos_core.pseudo_store import RefinedLabel, open_store, write_refined  # noqa: E402
-from prvos_core.text import TextEncoder  # noqa: E402
-from prvos_core.text_cache import TextCache  # noqa: E402
+from prvos_core.data.manifest import read_manifest  # noqa: E402
+from prvos_core.model.builders import build_model  # noqa: E402
+from prvos_core.model.ema import EmaTeacher  # noqa: E402
+from prvos_core.model.loss import clip_loss  # noqa: E402
+from prvos_core.pseudo.store import RefinedLabel, open_store, write_refined  # noqa: E402
+from prvos_core.text.encoder import TextEncoder  # noqa: E402
+from prvos_core.text.cache import TextCache  # noqa: E402
 from stages.train import TrainInputs, build_sources  # noqa: E402
 
 # (module, function) of the data path, timed by wrapping the module attribute its caller looks up.
@@ -176,10 +178,14 @@ def _throughput(work: Path, space, args, load: LoadLog) -> tuple[dict, str]:
     rows = [
         ["real data path (ClipDataset + DataLoader + step)", f"{figures['real_clips_per_s']:.2f}"],
         ["model step alone on a batch collated once", f"{figures['bare_clips_per_s']:.2f}"],
-        ["ratio real / alone, within each real-path block: 1 - data loading time / block time",
-         f"**{figures['ratio']:.3f}** (target >= 0.9)"],
-        ["ratio real / alone between blocks, A/B pairs (load drifts between blocks)",
-         f"{figures['ratio_between_blocks']:.3f}"],
+        [
+            "ratio real / alone, within each real-path block: 1 - data loading time / block time",
+            f"**{figures['ratio']:.3f}** (target >= 0.9)",
+        ],
+        [
+            "ratio real / alone between blocks, A/B pairs (load drifts between blocks)",
+            f"{figures['ratio_between_blocks']:.3f}",
+        ],
         ["within each block, every JPEG decoded in full (before the fix, A0)", f"{figures['ratio_full_decode']:.3f}"],
         ["A0/B pairs (full decode, between blocks)", f"{figures['ratio_full_decode_between_blocks']:.3f}"],
     ]

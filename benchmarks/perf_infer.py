@@ -31,13 +31,16 @@ import torch  # noqa: E402
 
 from benchmarks.common import markdown_table  # noqa: E402
 from prvos_core.config import InferSection  # noqa: E402
-from prvos_core.layout import SplitPaths  # noqa: E402
-from prvos_core.manifest import read_manifest  # noqa: E402
-from prvos_core.model import build_model, iter_propagate, save_checkpoint  # noqa: E402
-from prvos_core.predict import _first_frame_mask, _LazyFrames, load_predictor  # noqa: E402
-from prvos_core.pseudo_store import PseudoLabelWriter, open_store, read_pseudo_label  # noqa: E402
-from prvos_core.text_cache import TextCache  # noqa: E402
-from prvos_core.uncertainty import binary_entropy, quantize_unit  # noqa: E402
+from prvos_core.data.layout import SplitPaths  # noqa: E402
+from prvos_core.data.manifest import read_manifest  # noqa: E402
+from prvos_core.inference.propagation import iter_propagate  # noqa: E402
+from prvos_core.model.builders import build_model  # noqa: E402
+from prvos_core.model.checkpoint import save_checkpoint  # noqa: E402
+from prvos_core.inference.predict import _first_frame_mask, _LazyFrames, load_predictor  # noqa: E402
+from prvos_core.pseudo.store import PseudoLabelWriter, open_store, read_pseudo_label  # noqa: E402
+from prvos_core.text.cache import TextCache  # noqa: E402
+from prvos_core.pseudo.uncertainty import binary_entropy  # noqa: E402
+from prvos_core.pseudo.store import quantize_unit  # noqa: E402
 from stages import infer  # noqa: E402
 
 SIZE = (128, 128)
@@ -89,8 +92,15 @@ def _trained_store(work: Path, space, epochs: int) -> dict:
     result = train.run(inputs, cfg)
     checkpoint = str(Path(inputs.out_dir) / train.CHECKPOINT)
     infer_result = infer.run(
-        infer.InferInputs(space.manifest_dir, space.text_cache, space.text_identity, checkpoint, "train",
-                          str(work / "infer-trained"), SIZE),  # fmt: skip
+        infer.InferInputs(
+            space.manifest_dir,
+            space.text_cache,
+            space.text_identity,
+            checkpoint,
+            "train",
+            str(work / "infer-trained"),
+            SIZE,
+        ),  # fmt: skip
         InferSection(actors=2, threads_per_actor=1),
     )
     return {"epochs": epochs, "final_loss": result.metrics.get("loss"),
@@ -259,7 +269,9 @@ def _store(work: Path, space, reference, figures: dict, args, load: LoadLog, tra
 
 
 def _short(name: str) -> str:
-    return "Zarr writer" if name.startswith("Zarr") else ("numpy.save uint8" if "uint8" in name else "numpy.save float32")
+    return (
+        "Zarr writer" if name.startswith("Zarr") else ("numpy.save uint8" if "uint8" in name else "numpy.save float32")
+    )
 
 
 def _zarr_write(path: Path, prob: np.ndarray, uncertainty: np.ndarray) -> None:
@@ -273,7 +285,11 @@ def _zarr_write(path: Path, prob: np.ndarray, uncertainty: np.ndarray) -> None:
 def _npy_write(folder: Path, prob: np.ndarray, uncertainty: np.ndarray, *, quantised: bool) -> None:
     folder.mkdir()
     for index in range(len(prob)):
-        p, u = (quantize_unit(prob[index]), quantize_unit(uncertainty[index])) if quantised else (prob[index], uncertainty[index])
+        p, u = (
+            (quantize_unit(prob[index]), quantize_unit(uncertainty[index]))
+            if quantised
+            else (prob[index], uncertainty[index])
+        )
         np.save(folder / f"{index:05d}.npy", np.stack([p, u]))
 
 

@@ -41,7 +41,8 @@ import torchvision  # noqa: E402
 from torch import nn  # noqa: E402
 
 from benchmarks.common import markdown_table  # noqa: E402
-from prvos_core.model import build_model, clip_loss, count_parameters  # noqa: E402
+from prvos_core.model.builders import build_model, count_parameters  # noqa: E402
+from prvos_core.model.loss import clip_loss  # noqa: E402
 from prvos_core.model.layers import ResBlock  # noqa: E402
 
 CLIP, WORDS, TEXT_DIM = 5, 20, 768
@@ -69,11 +70,18 @@ def main() -> None:
     figures = {**step_figures, **module_figures, **rn50_figures, "parameters": count_parameters(model).total}
     gpu_step = step_figures["step_seconds"] / rn50_figures["gpu_over_cpu"]
     figures["gpu_step_seconds_projected"] = gpu_step
-    body = step_body + "\n" + module_body + "\n" + rn50_body + (
-        f"\nProjected r50 step on one A100 (mixed precision): {step_figures['step_seconds']:.2f} s / "
-        f"{rn50_figures['gpu_over_cpu']:.0f} = **{1000 * gpu_step:.0f} ms** per 5-frame clip (assumes our step "
-        "keeps the same share of the GPU's peak as ResNet-50 at batch 256, which a batch-1 clip with frame-by-frame "
-        "decoding does not: read it as a lower bound).\n"
+    body = (
+        step_body
+        + "\n"
+        + module_body
+        + "\n"
+        + rn50_body
+        + (
+            f"\nProjected r50 step on one A100 (mixed precision): {step_figures['step_seconds']:.2f} s / "
+            f"{rn50_figures['gpu_over_cpu']:.0f} = **{1000 * gpu_step:.0f} ms** per 5-frame clip (assumes our step "
+            "keeps the same share of the GPU's peak as ResNet-50 at batch 256, which a batch-1 clip with frame-by-frame "
+            "decoding does not: read it as a lower bound).\n"
+        )
     )
     print(body)
     print(write_part("p1b_model", "P1b r50 model step by module", command_line(), body, figures, load))
@@ -299,7 +307,10 @@ def _modules(model, args, load: LoadLog) -> tuple[dict, str]:
         model.cross_modal(feats["res5"], text, word_mask).sum().backward()
 
     def seed_cross_modal():
-        out = sum(m(feats[level], words, word_mask).sum() for m, level in zip(seed_cross, ("res3", "res4", "res5"), strict=True))
+        out = sum(
+            m(feats[level], words, word_mask).sum()
+            for m, level in zip(seed_cross, ("res3", "res4", "res5"), strict=True)
+        )
         out.backward()
 
     def ours_decoder():

@@ -56,7 +56,11 @@ def main() -> None:
     body = markdown_table(["what", "target", "measured", "met?"], rows) + "\n\nDemo round curve (valid J&F per round): "
     body += ", ".join(f"r{r}: {v:.3f}" for r, v in enumerate(curve)) + "\n"
     if figures.get("suite_slowest"):
-        body += "\nSlowest parts of the suite (pytest --durations):\n\n```\n" + "\n".join(figures["suite_slowest"]) + "\n```\n"
+        body += (
+            "\nSlowest parts of the suite (pytest --durations):\n\n```\n"
+            + "\n".join(figures["suite_slowest"])
+            + "\n```\n"
+        )
     print(body)
     print(write_part("p5_demo_suite", "P5 demo and test suite", command_line(), body, figures, load))
 
@@ -75,7 +79,9 @@ def _timed(command: list[str], cwd: Path, load: LoadLog) -> tuple[float, str]:
     seconds = time.perf_counter() - started
     stop.set()
     if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        raise SystemExit(
+            f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        )
     return seconds, done.stdout
 
 

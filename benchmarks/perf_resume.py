@@ -110,7 +110,7 @@ def _interrupted(work: Path, args) -> tuple[dict, str]:
     faults_dir.mkdir()
     killed = _python("_infer", spec, env={"PRVOS_FAULT": f"infer.expression:{args.kill_at}:killdriver",
                                           "PRVOS_FAULT_DIR": str(faults_dir)})  # fmt: skip
-    from prvos_core.pseudo_store import committed_expressions, open_store
+    from prvos_core.pseudo.store import committed_expressions, open_store
 
     store = open_store(str(work / "infer-out" / "pseudo.zarr"), mode="r")
     groups = {name for name, _ in store.groups()}

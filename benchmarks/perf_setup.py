@@ -60,10 +60,10 @@ class Workspace:
 def make_workspace(root: Path, *, videos: int, frames: int, size: tuple[int, int], splits=("train",)) -> Workspace:
     """Synthetic dataset (masks on every 5th frame), ingested, its texts cached with the shipped MiniLM."""
     from prvos_core.config import IngestSection
-    from prvos_core.manifest import read_manifest
-    from prvos_core.synth import generate_synthetic
-    from prvos_core.text import TextEncoder
-    from prvos_core.text_cache import TextCache
+    from prvos_core.data.manifest import read_manifest
+    from prvos_core.datasets.synth import generate_synthetic
+    from prvos_core.text.encoder import TextEncoder
+    from prvos_core.text.cache import TextCache
     from stages import ingest
 
     generate_synthetic(root / "data", videos=videos, valid_videos=1, frames=frames, size=size, label_every=5, seed=0)

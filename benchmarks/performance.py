@@ -37,13 +37,13 @@ FINDINGS = """## Profiles, causes and fixes
 - **JPEG decode (P1, P2).** Profile of the data path (P1 table below, and cProfile of a TeacherActor in one
   process): a 1280x720 frame cost ~7.5 ms to decode plus ~6 ms of INTER_AREA resize down to 128x128, per frame,
   i.e. ~70 ms per 5-frame clip against a ~660 ms tiny step at 1 thread (and ~13 ms against a ~22 ms teacher
-  frame). Fix (prvos_core/frames.py `decode_reduction`/`load_frame`, used by clips.py and predict.py): libjpeg
+  frame). Fix (prvos_core/data/frames.py `decode_reduction`/`load_frame`, used by clips.py and predict.py): libjpeg
   decodes at 1/2, 1/4 or 1/8 scale (DCT scaling) when the crop still covers the model input, so a 720p frame for
   the 128-pixel model decodes at 1/4 (320x180) and the resize is small. P1 reports the ratio with and without it.
 - **Zarr writes (P2, P3).** cProfile of the actor's `label`: 33% of its time in `zarr.core.sync` (every
   `array[i] = frame` is a round trip to zarr's I/O thread, ~1 ms per chunk and per call, 2 per frame, plus 2
   `create_array` per expression), against well under 1 ms per 128x128 frame of actual compression. First fix:
-  frames handed over in blocks of 16 (writer 402 frames/s, B/A 0.78-0.81). Second fix (prvos_core/pseudo_store.py):
+  frames handed over in blocks of 16 (writer 402 frames/s, B/A 0.78-0.81). Second fix (prvos_core/pseudo/store.py):
   the teacher's arrays hold 16 frames per chunk and the writer keeps an expression's encoded frames until
   `commit`, then writes each array in one call, still before the commit attribute (an expression is the unit
   of resume anyway, so nothing is lost by holding it). Writer 402 -> 2,789 frames/s at 128x128 (3.7 -> 0.36 ms
@@ -108,10 +108,14 @@ def _summary(parts: dict) -> str:
                      _met(data["ratio"] >= 0.9)])  # fmt: skip
         text_ms = data["text_ms_per_sample"]
         for name, ms in text_ms.items():
-            shares = [f"{100 * data['batch'] * ms / 1000 / data['step_seconds']:.1f}% of a tiny CPU step (batch {data['batch']})"]
+            shares = [
+                f"{100 * data['batch'] * ms / 1000 / data['step_seconds']:.1f}% of a tiny CPU step (batch {data['batch']})"
+            ]
             if model:
                 shares.append(f"{100 * ms / 1000 / model['step_seconds']:.2f}% of an r50 CPU step (1 clip)")
-                shares.append(f"{100 * ms / 1000 / model['gpu_step_seconds_projected']:.0f}% of an r50 A100 step (projected)")
+                shares.append(
+                    f"{100 * ms / 1000 / model['gpu_step_seconds_projected']:.0f}% of an r50 A100 step (projected)"
+                )
             rows.append([f"P1 text per sample: {name}", "report", f"{ms:.2f} ms; " + "; ".join(shares), ""])
     if model:
         rows.append(["P1b cross-modal attention per clip, seed-style / ours", "> 1 (cheaper)",
@@ -161,7 +165,11 @@ def _summary(parts: dict) -> str:
             rows.append(["P5 test suite, 2 cores", "<= 10 min", f"{p5['suite_s'] / 60:.1f} min ({p5['suite_summary']})",
                          _met(p5["suite_s"] <= 600)])  # fmt: skip
     loads = [f"{name}: {parts[name]['load']}" for name in ORDER if parts[name]]
-    return markdown_table(["figure", "target", "measured", "met?"], rows) + "\n\nLoad during each part: " + "; ".join(loads)
+    return (
+        markdown_table(["figure", "target", "measured", "met?"], rows)
+        + "\n\nLoad during each part: "
+        + "; ".join(loads)
+    )
 
 
 def _scaling(parts: dict) -> str:

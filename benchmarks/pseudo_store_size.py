@@ -24,14 +24,15 @@ import torch  # noqa: E402
 
 from benchmarks.common import markdown_table, write_result  # noqa: E402
 from prvos_core.config import InferSection, IngestSection  # noqa: E402
-from prvos_core.manifest import read_manifest  # noqa: E402
-from prvos_core.model import build_model, save_checkpoint  # noqa: E402
-from prvos_core.predict import load_predictor, predict_expression  # noqa: E402
-from prvos_core.pseudo_store import open_store, read_pseudo_label  # noqa: E402
-from prvos_core.synth import generate_synthetic  # noqa: E402
-from prvos_core.text import TextEncoder  # noqa: E402
-from prvos_core.text_cache import TextCache  # noqa: E402
-from prvos_core.uncertainty import binary_entropy  # noqa: E402
+from prvos_core.data.manifest import read_manifest  # noqa: E402
+from prvos_core.datasets.synth import generate_synthetic  # noqa: E402
+from prvos_core.inference.predict import load_predictor, predict_expression  # noqa: E402
+from prvos_core.model.builders import build_model  # noqa: E402
+from prvos_core.model.checkpoint import save_checkpoint  # noqa: E402
+from prvos_core.pseudo.store import open_store, read_pseudo_label  # noqa: E402
+from prvos_core.pseudo.uncertainty import binary_entropy  # noqa: E402
+from prvos_core.text.cache import TextCache  # noqa: E402
+from prvos_core.text.encoder import TextEncoder  # noqa: E402
 from stages import infer, ingest  # noqa: E402
 
 TEACHERS = {"random init (lukewarm)": 1.0, "logits x16 (confident)": 16.0}

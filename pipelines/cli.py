@@ -54,8 +54,8 @@ def data_synth(
     ] = "linear",
 ) -> None:
     """Write a deterministic synthetic RVOS dataset in the Ref-YouTube-VOS layout."""
+    from prvos_core.datasets.synth import generate_synthetic
     from prvos_core.progress import progress_bar
-    from prvos_core.synth import generate_synthetic
 
     total = videos + (valid_videos or max(1, videos // 4))
     with progress_bar("synth", total=total, unit="video") as bar:
@@ -80,7 +80,7 @@ def data_merge_json(
     out: Annotated[Path | None, typer.Option(help="Output file (default <root>/new_<split>.json).")] = None,
 ) -> None:
     """meta.json + meta_expressions.json -> new_<split>.json (videos -> objects -> expressions)."""
-    from prvos_core.merge_json import merge_json
+    from prvos_core.datasets.merge_json import merge_json
 
     typer.echo(f"wrote {merge_json(root, split, out)}")
 
@@ -97,7 +97,7 @@ def data_convert_davis(
     ] = "Annotations",
 ) -> None:
     """Ref-DAVIS17 (DAVIS-2017 + text files) -> the Ref-YouTube-VOS layout, expressions tagged by annotator."""
-    from prvos_core.davis import convert_davis
+    from prvos_core.datasets.davis import convert_davis
     from prvos_core.progress import progress_bar
 
     with progress_bar("convert-davis", total=0, unit="video") as bar:
@@ -272,8 +272,8 @@ def predict(
     device: Annotated[str, typer.Option(help="auto (CUDA when there is one), cpu or cuda.")] = "auto",
 ) -> None:
     """Segment the object a sentence refers to in every frame of a video with a trained checkpoint."""
-    from prvos_core.predict import resolve_device
-    from prvos_core.predict_video import predict_video
+    from prvos_core.inference.predict import resolve_device
+    from prvos_core.inference.video import predict_video
 
     if weights not in ("student", "ema"):
         raise UserError(f"--weights must be student or ema (got {weights!r})")

@@ -7,14 +7,13 @@
 <out>/inspect.json         what the report shows (run, round, expressions and why each was chosen)
 ```
 Default `<out>`: `<run>/inspect/r<R>` (`r<R>-<expression>` for one expression). The report is written whole
-or not at all (`prvos_core.output_folder`), then logged to MLflow as artifacts of the run's parent
+or not at all (`prvos_core.storage`), then logged to MLflow as artifacts of the run's parent
 run (`inspect/<out name>/`). By default it shows the most and the least confident expressions of the round by
 the teacher's mean entropy on their frames without ground truth; `expression_id` picks one.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import html
 import os
 import time
@@ -22,20 +21,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.compute as pc
 
 from pipelines.round_plot import plot_rounds, round_rows
 from pipelines.run_store import RunStore, open_run
 from prvos_core import storage
 from prvos_core.config import PrvosConfig, config_from_dict
+from prvos_core.data.frames import decode_frame, read_object_mask
+from prvos_core.data.layout import SplitPaths, write_json
+from prvos_core.data.manifest import Expression, Video, read_manifest
 from prvos_core.errors import StorageError, UserError
-from prvos_core.frames import decode_frame, read_object_mask
-from prvos_core.layout import SplitPaths, write_json
-from prvos_core.manifest import Expression, Video, read_manifest
-from prvos_core.output_folder import staged_folder
-from prvos_core.pictures import write_png
-from prvos_core.pseudo_pictures import DECISION_COLORS, FrameDecisionRow, choose_columns, pseudo_label_strip
-from prvos_core.pseudo_store import open_store, read_index, read_pseudo_label, read_refined
+from prvos_core.pseudo.store import (
+    FrameDecision,
+    open_store,
+    read_frame_decisions,
+    read_index,
+    read_pseudo_label,
+    read_refined,
+)
+from prvos_core.storage import output_folder
+from prvos_core.viz.pictures import write_png
+from prvos_core.viz.strip import DECISION_COLORS, choose_columns, pseudo_label_strip
 
 DEFAULT_EXPRESSIONS = 4
 MAX_COLUMNS = 16
@@ -78,7 +83,7 @@ def build_report(run: str | Path, round_index: int, *, expression_id: str | None
     folder = Path(out) if out is not None else _default_out(store, round_index, expression_id)
 
     started = time.perf_counter()
-    with staged_folder(folder, SUMMARY_FILE, "prvos inspect") as staging:
+    with output_folder(folder, SUMMARY_FILE, "prvos inspect") as staging:
         (staging / IMAGES).mkdir()
         pictures = [f"{IMAGES}/rounds.png"]
         plot_rounds(store, config, staging / pictures[0])
@@ -87,7 +92,7 @@ def build_report(run: str | Path, round_index: int, *, expression_id: str | None
         sections = []
         for number, item in enumerate(chosen, start=1):
             picture = f"{IMAGES}/expression-{number:02d}.png"
-            rows = _decisions(frames_table, item.expression.expression_id)
+            rows = read_frame_decisions(frames_table, item.expression.expression_id, item.video.frame_ids)
             strip = _strip(item, pseudo, refined, rows, panel_height)
             write_png(staging / picture, strip)
             pictures.append(picture)
@@ -169,20 +174,12 @@ def _choose(index, expressions: dict[str, Expression], videos: dict, expression_
     return chosen
 
 
-def _decisions(frames_table, expression_id: str) -> list[FrameDecisionRow]:
-    own = frames_table.filter(pc.equal(frames_table["expression_id"], expression_id))
-    # Only the columns the picture uses: a column refine adds later does not break older reports.
-    names = [field.name for field in dataclasses.fields(FrameDecisionRow)]
-    return [FrameDecisionRow(**row) for row in own.select(names).to_pylist()]
-
-
-def _strip(item: _Chosen, pseudo_store, refined_store, decisions: list[FrameDecisionRow],
+def _strip(item: _Chosen, pseudo_store, refined_store, decisions: list[FrameDecision],
            panel_height: int) -> np.ndarray:  # fmt: skip
     expression, video = item.expression, item.video
     pseudo = read_pseudo_label(pseudo_store, expression.expression_id)
     refined = read_refined(refined_store, expression.expression_id)
-    by_frame = {d.frame: d for d in decisions}
-    shown = choose_columns([by_frame[f] for f in pseudo.frame_ids], MAX_COLUMNS)
+    shown = choose_columns(decisions, MAX_COLUMNS)
     paths = SplitPaths(Path(video.dataset_root), video.split)
     frames, truth = [], {}
     for column, t in enumerate(shown):
@@ -193,7 +190,7 @@ def _strip(item: _Chosen, pseudo_store, refined_store, decisions: list[FrameDeci
             truth[column] = mask
     return pseudo_label_strip(
         frames, truth, pseudo.prob[shown], pseudo.uncertainty[shown], refined.label[shown], refined.weight[shown],
-        [by_frame[pseudo.frame_ids[t]] for t in shown], panel_height=panel_height,
+        [decisions[t] for t in shown], [pseudo.frame_ids[t] for t in shown], panel_height=panel_height,
     )  # fmt: skip
 
 
@@ -259,12 +256,24 @@ def _legend() -> str:
     )
 
 
-def _expression_html(item: _Chosen, rows: list[FrameDecisionRow], picture: str, shape: tuple) -> str:
+def _expression_html(item: _Chosen, rows: list[FrameDecision], picture: str, shape: tuple) -> str:
     e = item.expression
-    kept = [d.frame for d in rows if d.decision == "kept"]
+    frame_ids = item.video.frame_ids
+    kept = [frame_ids[d.frame_index] for d in rows if d.decision == "kept"]
     table = _table(
         ["frame", "source", "kept", "rank", "mean entropy", "kept ratio", "reason"],
-        [[d.frame, d.source, "yes" if d.kept else "no", d.rank, d.mean_entropy, d.kept_ratio, d.reason] for d in rows],
+        [
+            [
+                frame_ids[d.frame_index],
+                d.source,
+                "yes" if d.kept else "no",
+                d.rank,
+                d.mean_entropy,
+                d.kept_ratio,
+                d.reason,
+            ]
+            for d in rows
+        ],
         text_columns=3,
     )
     return (

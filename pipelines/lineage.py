@@ -127,7 +127,7 @@ class Lineage:
             return
         import mlflow
 
-        from prvos_core.manifest import read_manifest
+        from prvos_core.data.manifest import read_manifest
 
         folder = outputs["expressions"][: outputs["expressions"].replace("\\", "/").rfind("/")]
         frame = _expressions_frame(read_manifest(folder))

@@ -21,7 +21,7 @@ from pipelines.run_store import RunStore, new_run_id
 from pipelines.runner import StageOutcome, Verify, run_stage
 from prvos_core import storage
 from prvos_core.config import PrvosConfig
-from prvos_core.dataset_source import locate
+from prvos_core.data.source import locate
 from prvos_core.errors import ConfigError
 from stages import evaluate, infer, ingest, refine, text, train
 from stages.result import StageResult
@@ -69,7 +69,7 @@ def ensure_dataset(config: PrvosConfig) -> None:
         return
     if Path(config.data.root).exists():
         return
-    from prvos_core.synth import generate_synthetic
+    from prvos_core.datasets.synth import generate_synthetic
 
     synth = config.data.synth
     log.info("creating the synthetic dataset at %s", config.data.root)

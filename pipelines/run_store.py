@@ -21,7 +21,7 @@ import yaml
 from prvos_core import storage
 from prvos_core.config import PrvosConfig
 from prvos_core.errors import StorageError, UserError
-from prvos_core.ids import id_problem
+from prvos_core.storage import id_problem
 
 MARKER = "_COMMITTED.json"
 CONFIG_FILE = "config.yaml"

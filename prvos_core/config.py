@@ -7,7 +7,6 @@ suggestion of the closest known key.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 from collections.abc import Iterable
 from pathlib import Path
@@ -19,8 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from prvos_core.errors import ConfigError
-from prvos_core.ids import id_problem
-from prvos_core.refine import RefineConfig
+from prvos_core.storage import id_problem
 
 
 class Section(BaseModel):
@@ -154,6 +152,46 @@ class InferSection(Section):
     teacher: Literal["ema", "student"] = "ema"  # the EMA of the student, or its raw last weights
 
 
+class RefineSection(Section):
+    """How a round's teacher predictions become training labels (`prvos_core.pseudo`).
+
+    Thresholds are class-balanced percentiles: per class (pixels predicted foreground, pixels predicted
+    background) the threshold is the `percentile`-th percentile of that class's confidence max(p, 1 - p) over
+    the round, so each class keeps its most confident (100 - percentile)%. One shared threshold would not do:
+    foreground is a small share of the pixels and the teacher is surer of background, so a shared cut keeps
+    nearly all background and drops much of the foreground, feeding the next student a bias toward background.
+    The clamp to [min_confidence, max_confidence] stops an early, weak teacher from keeping near-coin-flip
+    pixels, and a saturated teacher from ignoring pixels it is 97% sure of only because the percentile says so.
+    """
+
+    enabled: bool = True  # False: the 'no refinement' ablation (every pixel kept, weight 1, every frame kept)
+    percentile: float = Field(20.0, ge=0, lt=100)  # per-class threshold = this percentile (20 keeps the top 80%)
+    min_confidence: float = Field(0.7, ge=0.5, lt=1)  # thresholds never fall below this
+    max_confidence: float = Field(0.95, ge=0.5, lt=1)  # thresholds never rise above this
+    weighting: Literal["confidence", "uniform"] = "confidence"  # 'confidence': weight rises with confidence
+    min_weight: float = Field(0.25, ge=0, le=1)  # 'confidence' weighting: weight of a pixel at its class threshold
+    frames_per_expression: int | None = 3  # K most certain frames kept per expression, as in the seed; None/<=0: all
+    min_kept_ratio: float = Field(0.0, ge=0, le=1)  # a frame keeping fewer of its pixels is rejected (0: no minimum)
+    # A frame whose predicted object area is outside [min, max] x the mean area on the expression's annotated
+    # frames is rejected: the teacher lost the object (or took in a neighbour). 0 / null disable a bound.
+    min_area_ratio: float = Field(0.5, ge=0)
+    max_area_ratio: float | None = Field(2.0, ge=0)
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> RefineSection:
+        if self.min_confidence > self.max_confidence:
+            raise ValueError(
+                f"refine.min_confidence ({self.min_confidence}) must not exceed refine.max_confidence "
+                f"({self.max_confidence}); e.g. 0.7 and 0.95"
+            )
+        if self.max_area_ratio is not None and self.max_area_ratio < self.min_area_ratio:
+            raise ValueError(
+                f"refine.max_area_ratio ({self.max_area_ratio}) must not be below refine.min_area_ratio "
+                f"({self.min_area_ratio}); e.g. 0.5 and 2, or 0 and null to disable"
+            )
+        return self
+
+
 class EvaluateSection(Section):
     actors: int = Field(2, gt=0)
     cpus_per_actor: float = Field(1.0, gt=0)
@@ -177,7 +215,7 @@ class PrvosConfig(Section):
     text: TextSection = TextSection()
     train: TrainSection = TrainSection()
     infer: InferSection = InferSection()
-    refine: RefineConfig = RefineConfig()
+    refine: RefineSection = RefineSection()
     evaluate: EvaluateSection = EvaluateSection()
 
     @model_validator(mode="after")
@@ -237,8 +275,6 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> PrvosConfig:
     try:
         return PrvosConfig.model_validate(raw)
-    except ConfigError as error:  # raised by a dataclass section's own checks (e.g. RefineConfig)
-        raise ConfigError(f"{source}: {error}") from None
     except ValidationError as error:
         problems = [_describe(item) for item in error.errors()]
         raise ConfigError(f"{source}: " + "; ".join(problems)) from None
@@ -266,10 +302,10 @@ def _suggestion(location: tuple) -> str:
             return ""
         annotation = field.annotation
         candidates = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)]
-        model = next((c for c in candidates if issubclass(c, BaseModel) or dataclasses.is_dataclass(c)), None)
+        model = next((c for c in candidates if issubclass(c, BaseModel)), None)
         if model is None:
             return ""
-    names = list(model.model_fields) if issubclass(model, BaseModel) else [f.name for f in dataclasses.fields(model)]
+    names = list(model.model_fields)
     close = difflib.get_close_matches(str(location[-1]), names, n=1)
     prefix = ".".join(str(p) for p in location[:-1])
     return f" (did you mean '{prefix + '.' if prefix else ''}{close[0]}'?)" if close else " (remove it)"

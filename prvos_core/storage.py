@@ -11,8 +11,13 @@ import io
 import json
 import os
 import posixpath
+import re
 import shutil
+import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -21,6 +26,33 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from prvos_core.errors import StorageError
+
+# Ids become folder and file names in run stores and object stores: keep them to a portable alphabet.
+_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def id_problem(value: object) -> str | None:
+    """Return why `value` is not a safe id (None when it is safe).
+
+    A safe id is a non-empty string of letters, digits, '.', '_' and '-', at most 128 characters, not starting
+    with '.', '_' or '-' (so no hidden files, no `..`, no path separators).
+    """
+    if not isinstance(value, str):
+        return f"id must be a string, got {type(value).__name__}"
+    if value == "":
+        return "id is empty"
+    if "/" in value or "\\" in value:
+        return f"id {value!r} contains a path separator"
+    if ".." in value:
+        return f"id {value!r} contains '..'"
+    if not _ID_PATTERN.match(value):
+        return f"id {value!r} has characters outside [A-Za-z0-9._-] or is longer than 128"
+    return None
+
+
+def is_safe_id(value: object) -> bool:
+    return id_problem(value) is None
+
 
 # fsspec caches folder listings per filesystem instance and sees only its own writes; stages write the same
 # stores from other processes and nodes (a driver listing a Zarr store before the actors filled it would
@@ -177,16 +209,8 @@ def upload_folder(local_dir: str, uri: str, *, last: str | None = None) -> None:
     )
     try:
         if isinstance(fs, LocalFileSystem):
-            parent = os.path.dirname(os.path.abspath(path))
-            os.makedirs(parent, exist_ok=True)
-            staging = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex}.partial")
-            try:
-                shutil.copytree(local_dir, staging)
-                if os.path.exists(path):
-                    shutil.rmtree(path)
-                os.replace(staging, path)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
+            with staged_folder(path) as staging:
+                shutil.copytree(local_dir, staging, dirs_exist_ok=True)
             return
         if fs.exists(path):
             fs.rm(path, recursive=True)
@@ -196,3 +220,55 @@ def upload_folder(local_dir: str, uri: str, *, last: str | None = None) -> None:
         raise StorageError(f"{uri}: permission denied writing; choose a writable location") from None
     except OSError as error:
         raise StorageError(f"{uri}: upload failed ({error.strerror or error}); check the path and free space") from None
+
+
+@contextmanager
+def staged_folder(target: str | Path) -> Iterator[Path]:
+    """A private folder beside the local folder `target`, for writing a folder whole or not at all.
+
+    When the block ends without an error the staging folder replaces `target` (an older folder there is renamed
+    aside, then removed); otherwise it is deleted. A reader never sees half a folder at `target`.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".staging", dir=target.parent))
+    try:
+        yield staging
+        # mkdtemp makes the folder private (0700); the published one gets the usual permissions.
+        staging.chmod(0o777 & ~_umask())
+        if target.exists():
+            retired = staging.with_suffix(".retired")
+            os.rename(target, retired)
+            os.rename(staging, target)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.rename(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def check_replaceable(target: Path, marker: str, command: str) -> None:
+    """`target` may be absent, an empty folder or an earlier output of `command` (holding `marker`); else
+    StorageError, so a mistyped --out never deletes someone's data."""
+    if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not (target / marker).is_file())):
+        raise StorageError(f"{target} exists and is not an earlier `{command}` output; choose another --out")
+
+
+@contextmanager
+def output_folder(target: Path, marker: str, command: str) -> Iterator[Path]:
+    """A folder of results for people (`prvos predict`, `prvos inspect`): `staged_folder` after
+    `check_replaceable`; the command must write `marker`, the file that identifies its outputs."""
+    check_replaceable(target, marker, command)
+    try:
+        with staged_folder(target) as staging:
+            yield staging
+            if not (staging / marker).is_file():
+                raise AssertionError(f"{command} wrote no {marker}; the output would not be recognised as its own")
+    except OSError as error:
+        raise StorageError(f"cannot write into {target.parent} ({error.strerror}); choose another --out") from None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -27,11 +27,11 @@ import pyarrow as pa
 
 from prvos_core import storage
 from prvos_core.config import EvaluateSection
-from prvos_core.frames import read_object_mask
-from prvos_core.layout import SplitPaths
-from prvos_core.manifest import Expression, Video
+from prvos_core.data.frames import read_object_mask
+from prvos_core.data.layout import SplitPaths
+from prvos_core.data.manifest import Expression, Video
+from prvos_core.inference.predict import upsample_prob
 from prvos_core.metrics import evaluate_expression, summarize
-from prvos_core.predict import upsample_prob
 from stages.model_pool import ModelInputs, ModelReplica, prepare, rows_batch, run_pool
 from stages.placement import write_placement
 from stages.result import StageResult

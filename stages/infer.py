@@ -23,9 +23,9 @@ import zarr
 
 from prvos_core import storage
 from prvos_core.config import InferSection
-from prvos_core.manifest import Expression, Video
-from prvos_core.predict import predictor_identity
-from prvos_core.pseudo_store import (
+from prvos_core.data.manifest import Expression, Video
+from prvos_core.inference.predict import predictor_identity
+from prvos_core.pseudo.store import (
     INDEX_FILE,
     PSEUDO_STORE,
     PseudoLabelWriter,
@@ -36,7 +36,7 @@ from prvos_core.pseudo_store import (
     stored_index_rows,
     write_index,
 )
-from prvos_core.uncertainty import binary_entropy
+from prvos_core.pseudo.uncertainty import binary_entropy
 from stages.model_pool import ModelInputs, ModelReplica, prepare, rows_batch, run_pool
 from stages.placement import write_placement
 from stages.result import StageResult

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import ray
 
-from prvos_core import manifest as manifest_io
 from prvos_core.config import IngestSection
-from prvos_core.dataset_source import files_on_disk, locate, read_split, split_exists
-from prvos_core.dataset_validate import VideoFiles, assemble, plan_checks
-from prvos_core.file_checks import FileReport, check_files
+from prvos_core.data import manifest as manifest_io
+from prvos_core.data.file_checks import FileReport, check_files
+from prvos_core.data.source import files_on_disk, locate, read_split, split_exists
+from prvos_core.data.validate import VideoFiles, assemble, plan_checks
 from prvos_core.progress import progress_bar
 from stages.result import StageResult
 

@@ -24,12 +24,12 @@ import torch
 
 from prvos_core import faults
 from prvos_core.config import EvaluateSection, InferSection
+from prvos_core.data.manifest import Expression, Manifest, Video, read_manifest
 from prvos_core.errors import DataError, UserError
-from prvos_core.manifest import Expression, Manifest, Video, read_manifest
-from prvos_core.model import read_checkpoint_meta
-from prvos_core.predict import Weights, choose_device, load_predictor, predict_expression
+from prvos_core.inference.predict import Weights, choose_device, load_predictor, predict_expression
+from prvos_core.model.checkpoint import read_checkpoint_meta
 from prvos_core.progress import progress_bar
-from prvos_core.text_cache import TextCache, TextNotCachedError
+from prvos_core.text.cache import TextCache, TextNotCachedError
 from stages.placement import current_node
 
 NODE_COLUMN = "_node"

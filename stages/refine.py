@@ -2,7 +2,7 @@
 
 Two passes over the pseudo-label store, each as Ray tasks over fixed chunks of expressions (sorted by id):
 (1) confidence histograms of the non-ground-truth frames, merged into the round's per-class thresholds;
-(2) per expression, `prvos_core.refine.refine_expression` -> refined labels (Zarr, one writer per expression),
+(2) per expression, `prvos_core.pseudo.refine.refine_expression` -> refined labels (Zarr, one writer per expression),
 frame decisions (Parquet) and a summary. Where the split has `full_annotations/` (the synthetic set) the
 chosen pseudo-labelled frames are also scored against them, refined and raw teacher alike: the measure of
 whether refinement helps. A re-run recomputes everything and writes the same bytes.
@@ -19,32 +19,27 @@ import ray
 from ray.exceptions import RayTaskError
 
 from prvos_core import faults, storage
+from prvos_core.config import RefineSection
+from prvos_core.data.frames import read_object_mask, resize_map
+from prvos_core.data.layout import SplitPaths
+from prvos_core.data.manifest import Expression, Video, read_manifest
 from prvos_core.errors import StorageError, UserError
-from prvos_core.frames import read_object_mask, resize_map
-from prvos_core.layout import SplitPaths
-from prvos_core.manifest import Expression, Video, read_manifest
 from prvos_core.progress import progress_bar
-from prvos_core.pseudo_quality import QualityCounts, RefineSummary, pseudo_label_quality, teacher_quality
-from prvos_core.pseudo_store import (
+from prvos_core.pseudo.quality import QualityCounts, pseudo_label_quality, teacher_quality
+from prvos_core.pseudo.refine import RefinedExpression, RefineSummary, refine_expression
+from prvos_core.pseudo.store import (
     FRAMES_FILE,
-    FRAMES_SCHEMA,
     REFINED_STORE,
     PseudoLabel,
     RefinedLabel,
     committed_expressions,
-    frames_table,
+    frame_decision_rows,
     open_store,
     read_pseudo_label,
+    write_frame_decisions,
     write_refined,
 )
-from prvos_core.refine import (
-    ConfidenceHistogram,
-    RefineConfig,
-    RefinedExpression,
-    Thresholds,
-    choose_thresholds,
-    refine_expression,
-)
+from prvos_core.pseudo.thresholds import ConfidenceHistogram, Thresholds, choose_thresholds
 from stages.result import StageResult
 
 CHUNK = 16  # expressions per Ray task: fixed, so the chunks (and the output) never depend on the cluster size
@@ -68,12 +63,12 @@ class ChunkResult:
     """What one pass-2 task reports: its summary, frame rows and scores against full_annotations."""
 
     summary: RefineSummary
-    rows: dict[str, list]  # FRAMES_SCHEMA columns, expressions in chunk order, frames in frame order
+    rows: list[dict]  # FRAMES_SCHEMA rows, expressions in chunk order, frames in frame order
     full_refined: QualityCounts  # refined labels of the chosen pseudo-labelled frames vs full_annotations
     full_teacher: QualityCounts  # the raw teacher on the same frames
 
 
-def run(inputs: RefineInputs, cfg: RefineConfig) -> StageResult:
+def run(inputs: RefineInputs, cfg: RefineSection) -> StageResult:
     started = time.perf_counter()
     manifest = read_manifest(inputs.manifest_dir)
     videos = {(v.split, v.video_id): v for v in manifest.videos}
@@ -95,15 +90,14 @@ def run(inputs: RefineInputs, cfg: RefineConfig) -> StageResult:
     tasks = [_refine.remote(chunk, inputs.pseudo_store, refined_uri, thresholds, cfg) for chunk in chunks]
     summary = RefineSummary(thresholds)
     full_refined, full_teacher = QualityCounts(), QualityCounts()
-    rows: dict[str, list] = {field.name: [] for field in FRAMES_SCHEMA}
+    rows: list[dict] = []
     for part in _gather(tasks, chunks, "refine", inputs.round_index):
         summary.merge(part.summary)
         full_refined, full_teacher = full_refined + part.full_refined, full_teacher + part.full_teacher
-        for name, values in part.rows.items():
-            rows[name].extend(values)
+        rows.extend(part.rows)
 
     frames_uri = storage.join(inputs.out_dir, FRAMES_FILE)
-    storage.write_parquet(frames_uri, frames_table(rows))
+    write_frame_decisions(frames_uri, rows)
     # summary.json holds no timing, so a re-run writes the same bytes; None stays null there.
     report = {**summary.to_dict(), **_full_report(full_refined, full_teacher)}
     summary_uri = storage.join(inputs.out_dir, SUMMARY_FILE)
@@ -161,9 +155,9 @@ def _histogram(chunk: list[Job], pseudo_uri: str) -> ConfidenceHistogram:
 
 
 @ray.remote(num_cpus=1)
-def _refine(chunk: list[Job], pseudo_uri: str, refined_uri: str, thresholds: Thresholds, cfg: RefineConfig):
+def _refine(chunk: list[Job], pseudo_uri: str, refined_uri: str, thresholds: Thresholds, cfg: RefineSection):
     store, refined_store = open_store(pseudo_uri, mode="r"), open_store(refined_uri)
-    summary, rows = RefineSummary(thresholds), {field.name: [] for field in FRAMES_SCHEMA}
+    summary, rows = RefineSummary(thresholds), []
     full_refined, full_teacher = QualityCounts(), QualityCounts()
     for position, (expression, video) in enumerate(chunk):
         faults.maybe_fail("refine.expression", position)
@@ -184,7 +178,7 @@ def _refine(chunk: list[Job], pseudo_uri: str, refined_uri: str, thresholds: Thr
         )
         scored = _full_annotation_quality(expression, video, pseudo, refined)
         full_refined, full_teacher = full_refined + scored[0], full_teacher + scored[1]
-        _add_rows(rows, expression.expression_id, pseudo.frame_ids, refined)
+        rows.extend(frame_decision_rows(expression.expression_id, pseudo.frame_ids, refined.frames))
     return ChunkResult(summary, rows, full_refined, full_teacher)
 
 
@@ -228,26 +222,6 @@ def _full_annotation_quality(
         scored_refined += pseudo_label_quality(refined.label[t], mask)
         scored_teacher += teacher_quality(pseudo.prob[t], mask)
     return scored_refined, scored_teacher
-
-
-def _add_rows(
-    rows: dict[str, list], expression_id: str, frame_ids: tuple[str, ...], refined: RefinedExpression
-) -> None:
-    """One FRAMES_SCHEMA row per frame decision; rank = place among the pseudo-labelled frames by mean entropy
-    (ties by frame index, as `refine_expression` orders them), null on GT frames."""
-    candidates = sorted(
-        (d for d in refined.frames if d.source == "pseudo_label"), key=lambda d: (d.mean_entropy, d.frame_index)
-    )
-    ranks = {d.frame_index: rank for rank, d in enumerate(candidates, start=1)}
-    for decision in refined.frames:
-        rows["expression_id"].append(expression_id)
-        rows["frame"].append(frame_ids[decision.frame_index])
-        rows["source"].append(decision.source)
-        rows["kept"].append(decision.kept)
-        rows["rank"].append(ranks.get(decision.frame_index))
-        rows["mean_entropy"].append(decision.mean_entropy)
-        rows["kept_ratio"].append(decision.kept_ratio)
-        rows["reason"].append(decision.reason)
 
 
 def _full_report(refined: QualityCounts, teacher: QualityCounts) -> dict[str, float | int | None]:

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 from prvos_core import storage
 from prvos_core.config import TextSection
-from prvos_core.manifest import read_manifest
+from prvos_core.data.manifest import read_manifest
 from prvos_core.progress import progress_bar
-from prvos_core.text import TextEncoder
-from prvos_core.text_cache import TextCache
+from prvos_core.text.cache import TextCache
+from prvos_core.text.encoder import TextEncoder
 from stages.result import StageResult
 
 CACHE_FOLDER = "cache.zarr"

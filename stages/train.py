@@ -23,15 +23,16 @@ import torch
 from ray.train.torch import TorchTrainer
 
 from prvos_core import faults, storage
-from prvos_core.clips import ClipDataset, ClipSource, ClipSpec, collate_clips
 from prvos_core.config import ModelSection, TextSection, TrainSection
+from prvos_core.data.clips import ClipDataset, ClipSource, ClipSpec, collate_clips
+from prvos_core.data.manifest import read_manifest
 from prvos_core.errors import CheckpointError
-from prvos_core.manifest import read_manifest
-from prvos_core.model import EmaTeacher, build_model, clip_loss, load_checkpoint, save_checkpoint
-from prvos_core.model.builders import SIZES
-from prvos_core.model.checkpoint import META_FILE
-from prvos_core.pseudo_store import open_store
-from prvos_core.text_cache import TextCache
+from prvos_core.model.builders import SIZES, build_model
+from prvos_core.model.checkpoint import META_FILE, load_checkpoint, save_checkpoint
+from prvos_core.model.ema import EmaTeacher
+from prvos_core.model.loss import clip_loss
+from prvos_core.pseudo.store import open_store
+from prvos_core.text.cache import TextCache
 from stages.placement import current_node, write_placement
 from stages.result import StageResult
 

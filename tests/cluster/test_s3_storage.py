@@ -54,9 +54,10 @@ def test_storage_round_trip(prefix, tmp_path):
 
 
 def test_checkpoint_save_and_load_on_s3(prefix, tmp_path):
-    from prvos_core.model import build_model, load_checkpoint, read_checkpoint_meta, save_checkpoint
+    from prvos_core.inference.predict import predictor_identity
+    from prvos_core.model.builders import build_model
+    from prvos_core.model.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
     from prvos_core.model.ema import EmaTeacher
-    from prvos_core.predict import predictor_identity
 
     model = build_model("tiny", text_dim=16, pretrained=False)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
@@ -82,7 +83,7 @@ def test_checkpoint_save_and_load_on_s3(prefix, tmp_path):
 
 
 def test_pseudo_label_store_on_s3(prefix):
-    from prvos_core.pseudo_store import PseudoLabelWriter, committed_expressions, open_store, read_pseudo_label
+    from prvos_core.pseudo.store import PseudoLabelWriter, committed_expressions, open_store, read_pseudo_label
 
     store = open_store(storage.join(prefix, "r0-infer", "pseudo.zarr"))
     writer = PseudoLabelWriter(store, "e1", ["00000", "00001"], (8, 8), "teacher#ema:abc")

@@ -18,8 +18,8 @@ import pytest
 
 from pipelines.inspect_report import INDEX_FILE, build_report
 from prvos_core.errors import UserError
-from prvos_core.pictures import IGNORE_DARK, IGNORE_LIGHT
-from prvos_core.pseudo_pictures import DECISION_COLORS
+from prvos_core.viz.pictures import IGNORE_DARK, IGNORE_LIGHT
+from prvos_core.viz.strip import DECISION_COLORS
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -27,7 +27,7 @@ CHROMIUM_FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
     "--no-first-run", "--disable-component-update", "--disable-sync",
 )  # fmt: skip
-PANEL, GAP, HEADER, LABELS = 96, 2, 18, 120  # the strip's geometry (prvos_core.pictures.strip defaults)
+PANEL, GAP, HEADER, LABELS = 96, 2, 18, 120  # the strip's geometry (prvos_core.viz.pictures.strip defaults)
 
 
 @pytest.fixture(scope="module")

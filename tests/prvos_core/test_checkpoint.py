@@ -10,8 +10,10 @@ import safetensors.torch
 import torch
 
 from prvos_core.errors import CheckpointError
-from prvos_core.model import EmaTeacher, build_model, clip_loss, load_checkpoint, save_checkpoint
-from prvos_core.model.checkpoint import load_optimizer_state
+from prvos_core.model.builders import build_model
+from prvos_core.model.checkpoint import load_checkpoint, load_optimizer_state, save_checkpoint
+from prvos_core.model.ema import EmaTeacher
+from prvos_core.model.loss import clip_loss
 
 TEXT_DIM = 384
 META = {"epoch": 3, "step": 120, "round": 1, "config": {"train": {"lr": 1e-4}, "model": {"size": "tiny"}}}

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from prvos_core.clips import ClipDataset, ClipSource, ClipSpec, choose_clip_frames, collate_clips
-from prvos_core.frames import decode_frame, read_object_mask, resize_frame, resize_map
-from prvos_core.ids import expression_id
-from prvos_core.layout import SplitPaths
-from prvos_core.manifest import Expression, Video
-from prvos_core.pseudo_store import RefinedLabel, open_store, write_refined
-from prvos_core.synth import generate_synthetic
+from prvos_core.data.clips import ClipDataset, ClipSource, ClipSpec, choose_clip_frames, collate_clips
+from prvos_core.data.frames import decode_frame, read_object_mask, resize_frame, resize_map
+from prvos_core.data.ids import expression_id
+from prvos_core.data.layout import SplitPaths
+from prvos_core.data.manifest import Expression, Video
+from prvos_core.datasets.synth import generate_synthetic
+from prvos_core.pseudo.store import RefinedLabel, open_store, write_refined
 
 SIZE = (32, 40)
 

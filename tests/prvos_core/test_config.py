@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
-from prvos_core.config import apply_overrides, config_from_dict, load_config
+from prvos_core.config import RefineSection, apply_overrides, config_from_dict, load_config
 from prvos_core.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_and_types():
@@ -80,3 +86,58 @@ def test_yaml_is_loaded_safely(tmp_path):
     path.write_text("data: !!python/object/apply:os.system ['echo pwned']\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("percentile", 100.0),
+        ("percentile", -1.0),
+        ("min_confidence", 0.4),
+        ("max_confidence", 1.0),
+        ("weighting", "entropy"),
+        ("min_weight", 1.5),
+        ("frames_per_expression", 2.5),
+        ("min_kept_ratio", 1.2),
+    ],
+)
+def test_refine_validation_names_the_field(field, value):
+    with pytest.raises(ConfigError, match=f"'refine.{field}'"):
+        config_from_dict({"data": {"root": "data"}, "refine": {field: value}})
+
+
+def test_refine_bounds_in_order_and_the_section_is_frozen():
+    with pytest.raises(ConfigError, match="must not exceed refine.max_confidence"):
+        config_from_dict({"data": {"root": "data"}, "refine": {"min_confidence": 0.9, "max_confidence": 0.8}})
+    with pytest.raises(ConfigError, match="must not be below refine.min_area_ratio"):
+        config_from_dict({"data": {"root": "data"}, "refine": {"min_area_ratio": 3, "max_area_ratio": 2}})
+    with pytest.raises(ValidationError, match="frozen"):
+        RefineSection().percentile = 10.0  # type: ignore[misc]
+    assert RefineSection().frames_per_expression == 3
+
+
+def test_every_problem_of_a_config_is_reported_at_once():
+    """Three bad keys in three sections: one error names all three (a bad refine key used to hide the rest)."""
+    raw = {
+        "data": {"root": "data"},
+        "train": {"epochs": 0},
+        "infer": {"encodng": "uint8"},
+        "refine": {"percentile": 150},
+    }
+    with pytest.raises(ConfigError) as error:
+        config_from_dict(raw)
+    message = str(error.value)
+    assert "'train.epochs'" in message
+    assert "unknown key 'infer.encodng' (did you mean 'infer.encoding'?)" in message
+    assert "'refine.percentile'" in message
+
+
+def test_loading_a_config_imports_no_torch():
+    code = (
+        "import sys; from prvos_core.config import load_config; "
+        "load_config('configs/demo.yaml'); "
+        "bad = sorted(m for m in ('torch', 'ray', 'mlflow', 'zarr') if m in sys.modules); "
+        "sys.exit(f'imported {bad}' if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]

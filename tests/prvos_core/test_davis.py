@@ -1,4 +1,4 @@
-"""Tests of prvos_core.davis on a tiny DAVIS-2017 tree built from real frames and masks in shared_data."""
+"""Tests of prvos_core.datasets.davis on a tiny DAVIS-2017 tree built from real frames and masks in shared_data."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prvos_core.davis import convert_davis, read_text_annotations
+from prvos_core.data.masks import read_mask, write_palette_mask
+from prvos_core.datasets.davis import convert_davis, read_text_annotations
+from prvos_core.datasets.merge_json import merge_json, read_merged
 from prvos_core.errors import DataError
-from prvos_core.masks import read_mask, write_palette_mask
-from prvos_core.merge_json import merge_json, read_merged
 
 BLACKSWAN_FRAMES = ["00000", "00002", "00004"]
 COWS_FRAMES = ["00000", "00004", "00008"]

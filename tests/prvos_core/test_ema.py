@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from prvos_core.model import EmaTeacher, build_model
+from prvos_core.model.builders import build_model
+from prvos_core.model.ema import EmaTeacher
 
 
 def _toy(seed: int) -> nn.Module:

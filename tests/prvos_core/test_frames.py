@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from prvos_core.frames import Box, decode_frame, decode_reduction, load_frame, resize_frame
+from prvos_core.data.frames import Box, decode_frame, decode_reduction, load_frame, resize_frame
 
 
 def test_reduction_is_the_largest_that_still_covers_the_crop():

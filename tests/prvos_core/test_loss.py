@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from prvos_core.model.loss import IGNORE_INDEX, clip_loss, soft_dice_loss, weighted_cross_entropy
+from prvos_core.labels import IGNORE_LABEL
+from prvos_core.model.loss import clip_loss, soft_dice_loss, weighted_cross_entropy
 
 
 def _hand_cross_entropy(background: float, foreground: float, label: int) -> float:
@@ -18,14 +19,14 @@ def _hand_cross_entropy(background: float, foreground: float, label: int) -> flo
 
 
 def _hand_weighted_mean(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> float:
-    """sum(w * CE) / sum(w) over pixels whose label is not IGNORE_INDEX, for logits (N,2,H,W)."""
+    """sum(w * CE) / sum(w) over pixels whose label is not IGNORE_LABEL, for logits (N,2,H,W)."""
     total, weight_sum = 0.0, 0.0
     n, _, h, w = logits.shape
     for i in range(n):
         for y in range(h):
             for x in range(w):
                 label = int(labels[i, y, x])
-                if label == IGNORE_INDEX:
+                if label == IGNORE_LABEL:
                     continue
                 ce = _hand_cross_entropy(float(logits[i, 0, y, x]), float(logits[i, 1, y, x]), label)
                 total += float(weights[i, y, x]) * ce
@@ -35,7 +36,7 @@ def _hand_weighted_mean(logits: torch.Tensor, labels: torch.Tensor, weights: tor
 
 def test_weighted_cross_entropy_with_ignore_equals_hand_computation():
     logits = torch.tensor([[[[2.0, -1.0], [0.5, 3.0]], [[-1.0, 1.0], [0.5, -2.0]]]])  # (1,2,2,2)
-    labels = torch.tensor([[[0, 1], [IGNORE_INDEX, 1]]])
+    labels = torch.tensor([[[0, 1], [IGNORE_LABEL, 1]]])
     weights = torch.tensor([[[1.0, 0.5], [7.0, 0.25]]])
     # By hand: pixel (0,0) label 0: -log(e^2/(e^2+e^-1)); (0,1) label 1: -log(e^1/(e^-1+e^1));
     # (1,0) ignored, its weight 7 must not count; (1,1) label 1: -log(e^-2/(e^3+e^-2)).
@@ -54,7 +55,7 @@ def test_no_weights_means_weight_one_for_every_labelled_pixel():
     torch.manual_seed(0)
     logits = torch.randn(2, 2, 4, 5)
     labels = torch.randint(0, 2, (2, 4, 5))
-    labels[0, 0] = IGNORE_INDEX
+    labels[0, 0] = IGNORE_LABEL
     assert torch.allclose(
         weighted_cross_entropy(logits, labels), weighted_cross_entropy(logits, labels, torch.ones(2, 4, 5))
     )
@@ -68,7 +69,7 @@ def test_clip_loss_is_first_plus_lambda_times_rest_pooled_over_frames(rest_weigh
     torch.manual_seed(1)
     logits = torch.randn(2, 3, 2, 4, 4)
     labels = torch.randint(0, 2, (2, 3, 4, 4))
-    labels[:, :, 0, :] = IGNORE_INDEX
+    labels[:, :, 0, :] = IGNORE_LABEL
     weights = torch.rand(2, 3, 4, 4)
     loss = clip_loss(logits, labels, weights, rest_weight=rest_weight)
     first = _hand_weighted_mean(logits[:, 0], labels[:, 0], weights[:, 0])
@@ -83,12 +84,12 @@ def test_all_ignored_frames_contribute_zero_without_nan():
     torch.manual_seed(2)
     logits = torch.randn(1, 3, 2, 4, 4, requires_grad=True)
     labels = torch.randint(0, 2, (1, 3, 4, 4))
-    labels[:, 2] = IGNORE_INDEX
+    labels[:, 2] = IGNORE_LABEL
     with_ignored = clip_loss(logits, labels)
     without = clip_loss(logits[:, :2], labels[:, :2])
     assert float(with_ignored.total.detach()) == pytest.approx(float(without.total.detach()), rel=1e-6)
 
-    labels[:] = IGNORE_INDEX
+    labels[:] = IGNORE_LABEL
     nothing = clip_loss(logits, labels)
     assert float(nothing.total.detach()) == 0.0 and float(nothing.first) == 0.0 and float(nothing.rest) == 0.0
     nothing.total.backward()
@@ -102,7 +103,7 @@ def test_zero_weights_count_like_ignored_pixels():
     weights = torch.ones(1, 3, 3)
     weights[0, 0] = 0.0
     ignored = labels.clone()
-    ignored[0, 0] = IGNORE_INDEX
+    ignored[0, 0] = IGNORE_LABEL
     assert torch.allclose(weighted_cross_entropy(logits, labels, weights), weighted_cross_entropy(logits, ignored))
 
 
@@ -119,7 +120,7 @@ def test_soft_dice_equals_hand_computation_per_frame_and_skips_unlabelled_frames
     logits = torch.zeros(3, 2, 2, 2)
     probs = torch.tensor([[0.9, 0.2], [0.5, 0.7]])
     logits[0, 1] = torch.log(probs / (1 - probs))  # softmax([0, l])[1] = sigmoid(l) = p
-    labels = torch.tensor([[[1, 0], [1, IGNORE_INDEX]], [[0, 0], [0, 0]], [[IGNORE_INDEX] * 2] * 2])
+    labels = torch.tensor([[[1, 0], [1, IGNORE_LABEL]], [[0, 0], [0, 0]], [[IGNORE_LABEL] * 2] * 2])
     weights = torch.tensor([[[1.0, 1.0], [0.5, 1.0]], [[1.0] * 2] * 2, [[1.0] * 2] * 2])
     # Frame 0: 1 - (2 * (0.9 + 0.5 * 0.5) + 1) / ((0.9 + 1) + 0.2 + 0.5 * (0.5 + 1) + 1); frame 1 (no object,
     # p = 0.5 everywhere): 1 - 1 / (4 * 0.5 + 1); frame 2 is all ignored and left out of the mean.

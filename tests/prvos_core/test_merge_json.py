@@ -1,4 +1,4 @@
-"""Tests of prvos_core.merge_json on the real clips and the real Ref-YouTube-VOS valid expressions."""
+"""Tests of prvos_core.datasets.merge_json on the real clips and the real Ref-YouTube-VOS valid expressions."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from prvos_core.datasets.merge_json import merge_json, read_merged
 from prvos_core.errors import DataError
-from prvos_core.merge_json import merge_json, read_merged
 
 
 def _load(path: Path) -> dict:

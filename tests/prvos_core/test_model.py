@@ -12,13 +12,15 @@ import torchvision
 from PIL import Image
 
 from prvos_core.errors import CheckpointError, ConfigError
-from prvos_core.model import build_model, clip_loss, count_parameters, propagate
+from prvos_core.inference.propagation import propagate
 from prvos_core.model.backbones import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     EfficientNetLite0Backbone,
     efficientnet_lite0_classifier,
 )
+from prvos_core.model.builders import build_model, count_parameters
+from prvos_core.model.loss import clip_loss
 
 TEXT_DIM = 384
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from prvos_core.pictures import (
+from prvos_core.pseudo.store import FrameDecision
+from prvos_core.viz.pictures import (
     BACKGROUND,
     IGNORE_DARK,
     IGNORE_LIGHT,
@@ -18,7 +19,7 @@ from prvos_core.pictures import (
     uncertainty_picture,
     weight_picture,
 )
-from prvos_core.pseudo_pictures import FrameDecisionRow, choose_columns, pseudo_label_strip
+from prvos_core.viz.strip import choose_columns, column_title, pseudo_label_strip
 
 
 def _colors(picture: np.ndarray) -> set[tuple[int, int, int]]:
@@ -65,12 +66,12 @@ def test_strip_geometry_and_headers():
         strip([("a", panels[:1])], columns)
 
 
-def _row(frame: str, source: str, kept: bool, rank: int | None) -> FrameDecisionRow:
-    return FrameDecisionRow(frame, source, kept, rank, 0.1, 1.0, "why")
+def _row(frame_index: int, source: str, kept: bool, rank: int | None) -> FrameDecision:
+    return FrameDecision(frame_index, source, kept, rank, 0.1, 1.0, "why")
 
 
 def test_choose_columns_keeps_every_kept_frame_and_the_limit():
-    rows = [_row(f"{t:05d}", "pseudo_label", t in (3, 17, 28), t) for t in range(30)]
+    rows = [_row(t, "pseudo_label", t in (3, 17, 28), t) for t in range(30)]
     chosen = choose_columns(rows, 8)
     assert len(chosen) == 8 and chosen == sorted(set(chosen))
     assert {3, 17, 28} <= set(chosen)
@@ -82,12 +83,22 @@ def test_pseudo_label_strip_rows_and_columns():
     prob = np.stack([np.full((16, 16), p, np.float32) for p in (0.1, 0.5, 0.9)])
     label = np.stack([np.zeros((16, 16), np.uint8), np.full((16, 16), 255, np.uint8), np.ones((16, 16), np.uint8)])
     rows = [
-        _row("00000", "ground_truth", True, None),
-        _row("00001", "pseudo_label", False, 2),
-        _row("00002", "pseudo_label", True, 1),
+        _row(0, "ground_truth", True, None),
+        _row(1, "pseudo_label", False, 2),
+        _row(2, "pseudo_label", True, 1),
     ]
+    frame_ids = ["00000", "00001", "00002"]
+    assert [column_title(f, d) for f, d in zip(frame_ids, rows, strict=True)] == ["00000 GT", "00001 #2 x", "00002 #1"]
     picture = pseudo_label_strip(
-        frames, {0: np.ones((48, 64), np.uint8)}, prob, prob, label, np.ones_like(prob), rows, panel_height=30
+        frames,
+        {0: np.ones((48, 64), np.uint8)},
+        prob,
+        prob,
+        label,
+        np.ones_like(prob),
+        rows,
+        frame_ids,
+        panel_height=30,
     )
     width = 40  # 30 * 64 / 48
     assert picture.shape == (18 + 6 * 32, 120 + 3 * (width + 2), 3)

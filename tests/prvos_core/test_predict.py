@@ -1,4 +1,4 @@
-"""Tests of prvos_core.predict: which weights run, lazy frame decoding, the first-frame ground-truth start, and
+"""Tests of prvos_core.inference.predict: which weights run, lazy frame decoding, the first-frame ground-truth start, and
 bilinear upsampling, on a tiny synthetic video and a seeded random tiny model."""
 
 from __future__ import annotations
@@ -11,12 +11,21 @@ import pytest
 import torch
 from PIL import Image
 
-import prvos_core.predict as predict
-from prvos_core.frames import decode_frame, resize_frame
-from prvos_core.manifest import Expression, Video
-from prvos_core.model import EmaTeacher, build_model, propagate, save_checkpoint
-from prvos_core.predict import choose_device, load_predictor, predict_expression, predictor_identity, upsample_prob
-from prvos_core.synth import generate_synthetic
+import prvos_core.inference.predict as predict
+from prvos_core.data.frames import decode_frame, resize_frame
+from prvos_core.data.manifest import Expression, Video
+from prvos_core.datasets.synth import generate_synthetic
+from prvos_core.inference.predict import (
+    choose_device,
+    load_predictor,
+    predict_expression,
+    predictor_identity,
+    upsample_prob,
+)
+from prvos_core.inference.propagation import propagate
+from prvos_core.model.builders import build_model
+from prvos_core.model.checkpoint import save_checkpoint
+from prvos_core.model.ema import EmaTeacher
 
 SIZE = (32, 32)
 TEXT_DIM = 16
@@ -164,7 +173,7 @@ def test_the_device_is_cuda_only_when_gpus_are_given_and_visible():
 
 def test_a_named_device_resolves_auto_to_cuda_only_when_visible_and_refuses_the_unknown():
     from prvos_core.errors import UserError
-    from prvos_core.predict import resolve_device
+    from prvos_core.inference.predict import resolve_device
 
     assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
     assert resolve_device("cpu") == "cpu"

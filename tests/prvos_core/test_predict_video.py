@@ -14,9 +14,10 @@ import pytest
 from PIL import Image
 
 from prvos_core.errors import UserError
-from prvos_core.model import build_model, save_checkpoint
-from prvos_core.predict_video import OVERLAY_FILE, SUMMARY_FILE, predict_video
-from prvos_core.video_io import open_video
+from prvos_core.inference.video import OVERLAY_FILE, SUMMARY_FILE, predict_video
+from prvos_core.inference.video_io import open_video
+from prvos_core.model.builders import build_model
+from prvos_core.model.checkpoint import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 CLIP = "ref_davis16_mini/train/JPEGImages/blackswan"

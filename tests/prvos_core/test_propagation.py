@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prvos_core.model import MemoryBank, build_model, iter_propagate, propagate
+from prvos_core.inference.propagation import MemoryBank, iter_propagate, propagate
+from prvos_core.model.builders import build_model
 
 TEXT_DIM = 384
 

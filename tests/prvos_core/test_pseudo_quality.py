@@ -1,4 +1,4 @@
-"""Tests of prvos_core.pseudo_quality: pseudo-label precision/recall/IoU against GT and the round summary."""
+"""Tests of prvos_core.pseudo.quality: pseudo-label precision/recall/IoU against GT and the round summary."""
 
 from __future__ import annotations
 
@@ -6,10 +6,13 @@ import cv2
 import numpy as np
 import pytest
 
-from prvos_core.masks import read_mask
-from prvos_core.pseudo_quality import IGNORE_LABEL, QualityCounts, RefineSummary, pseudo_label_quality, teacher_quality
-from prvos_core.refine import ConfidenceHistogram, RefineConfig, Thresholds, choose_thresholds, refine_expression
-from prvos_core.uncertainty import binary_entropy
+from prvos_core.config import RefineSection
+from prvos_core.data.masks import read_mask
+from prvos_core.labels import IGNORE_LABEL
+from prvos_core.pseudo.quality import QualityCounts, pseudo_label_quality, teacher_quality
+from prvos_core.pseudo.refine import RefineSummary, refine_expression
+from prvos_core.pseudo.thresholds import ConfidenceHistogram, Thresholds, choose_thresholds
+from prvos_core.pseudo.uncertainty import binary_entropy
 
 X = IGNORE_LABEL
 THRESHOLDS = Thresholds(0.8, 0.8)
@@ -49,7 +52,7 @@ def _expression(frame_entropy, fg_prob, gt=None):
     prob = np.zeros((len(frame_entropy), 2, 2), dtype=np.float32)
     prob[:, :, 0] = np.asarray(fg_prob, dtype=np.float32)[:, None]
     uncertainty = np.broadcast_to(np.asarray(frame_entropy, np.float32)[:, None, None], prob.shape).copy()
-    return refine_expression(prob, uncertainty, THRESHOLDS, RefineConfig(frames_per_expression=2), gt=gt)
+    return refine_expression(prob, uncertainty, THRESHOLDS, RefineSection(frames_per_expression=2), gt=gt)
 
 
 def test_summary_counts_frames_kept_pixels_and_quality_by_hand():
@@ -123,7 +126,7 @@ def test_refinement_raises_pseudo_label_precision_on_real_masks(shared_data):
 
     histogram = ConfidenceHistogram()
     histogram.add(prob)
-    cfg = RefineConfig(percentile=20, min_confidence=0.7, max_confidence=0.95, frames_per_expression=None)
+    cfg = RefineSection(percentile=20, min_confidence=0.7, max_confidence=0.95, frames_per_expression=None)
     thresholds = choose_thresholds(histogram, cfg)
     refined = refine_expression(prob, binary_entropy(prob), thresholds, cfg)
     refined_quality = pseudo_label_quality(refined.label, masks)

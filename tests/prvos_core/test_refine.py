@@ -1,21 +1,15 @@
-"""Tests of prvos_core.refine on hand-made probability maps: ignored pixels, weights, frame choice, thresholds."""
+"""Tests of prvos_core.pseudo.refine on hand-made probability maps: ignored pixels, weights, frame choice, thresholds."""
 
 from __future__ import annotations
-
-import dataclasses
 
 import numpy as np
 import pytest
 
+from prvos_core.config import RefineSection
 from prvos_core.errors import ConfigError
-from prvos_core.refine import (
-    IGNORE_LABEL,
-    ConfidenceHistogram,
-    RefineConfig,
-    Thresholds,
-    choose_thresholds,
-    refine_expression,
-)
+from prvos_core.labels import IGNORE_LABEL
+from prvos_core.pseudo.refine import refine_expression
+from prvos_core.pseudo.thresholds import ConfidenceHistogram, Thresholds, choose_thresholds
 
 X = IGNORE_LABEL
 
@@ -37,14 +31,14 @@ def _entropy_video(frame_entropy, shape=(2, 2)):
 
 
 def test_pixels_below_their_class_threshold_are_ignored():
-    refined = _refine(PROB, RefineConfig(frames_per_expression=None))
+    refined = _refine(PROB, RefineSection(frames_per_expression=None))
     # fg (p > 0.5) kept when p >= 0.85; bg kept when 1 - p >= 0.7; p = 0.5 is background with confidence 0.5.
     np.testing.assert_array_equal(refined.label, [[[1, X, X, X], [X, 0, 0, 0]]])
     assert refined.label.dtype == np.uint8
 
 
 def test_confidence_weights_rise_from_min_weight_at_the_threshold_to_one():
-    refined = _refine(PROB, RefineConfig(frames_per_expression=None, min_weight=0.25))
+    refined = _refine(PROB, RefineSection(frames_per_expression=None, min_weight=0.25))
     # 0.25 + 0.75 * (conf - thr) / (1 - thr): 0.95 vs 0.85 -> 0.75; 0.75 vs 0.7 -> 0.375; 0.9 -> 0.75; 1.0 -> 1.
     expected = [[[0.75, 0, 0, 0], [0, 0.375, 0.75, 1.0]]]
     np.testing.assert_allclose(refined.weight, expected, atol=1e-5)
@@ -53,13 +47,15 @@ def test_confidence_weights_rise_from_min_weight_at_the_threshold_to_one():
 
 def test_a_pixel_exactly_at_its_threshold_is_kept_with_min_weight():
     prob = np.array([[[0.75, 0.25]]], dtype=np.float32)
-    refined = _refine(prob, RefineConfig(frames_per_expression=None, min_weight=0.4), thresholds=Thresholds(0.75, 0.75))
+    refined = _refine(
+        prob, RefineSection(frames_per_expression=None, min_weight=0.4), thresholds=Thresholds(0.75, 0.75)
+    )
     np.testing.assert_array_equal(refined.label, [[[1, 0]]])
     np.testing.assert_allclose(refined.weight, [[[0.4, 0.4]]], atol=1e-6)
 
 
 def test_uniform_weighting_gives_kept_pixels_weight_one():
-    refined = _refine(PROB, RefineConfig(frames_per_expression=None, weighting="uniform"))
+    refined = _refine(PROB, RefineSection(frames_per_expression=None, weighting="uniform"))
     np.testing.assert_array_equal(refined.weight, [[[1, 0, 0, 0], [0, 1, 1, 1]]])
     np.testing.assert_array_equal(refined.label, [[[1, X, X, X], [X, 0, 0, 0]]])
 
@@ -67,7 +63,7 @@ def test_uniform_weighting_gives_kept_pixels_weight_one():
 def test_disabled_refinement_keeps_every_pixel_and_frame_with_weight_one():
     prob, uncertainty = _entropy_video([0.4, 0.1, 0.3, 0.2, 0.5])
     prob[0] = 0.45
-    cfg = RefineConfig(enabled=False)
+    cfg = RefineSection(enabled=False)
     assert choose_thresholds(ConfidenceHistogram(), cfg) == Thresholds(0.5, 0.5)
     refined = refine_expression(prob, uncertainty, Thresholds(0.5, 0.5), cfg)
     np.testing.assert_array_equal(refined.label, (prob > 0.5).astype(np.uint8))
@@ -78,7 +74,7 @@ def test_disabled_refinement_keeps_every_pixel_and_frame_with_weight_one():
 
 def test_frames_ranked_by_mean_entropy_ties_by_index_and_top_k_kept():
     prob, uncertainty = _entropy_video([0.3, 0.1, 0.7, 0.1, 0.5, 0.05])
-    refined = _refine(prob, RefineConfig(frames_per_expression=3), uncertainty)
+    refined = _refine(prob, RefineSection(frames_per_expression=3), uncertainty)
     assert refined.pseudo_frames == (1, 3, 5)
     reasons = {d.frame_index: (d.kept, d.reason) for d in refined.frames}
     assert reasons == {
@@ -98,19 +94,19 @@ def test_frames_ranked_by_mean_entropy_ties_by_index_and_top_k_kept():
 
 def test_equal_entropies_keep_the_lowest_frame_indices():
     prob, uncertainty = _entropy_video([0.2] * 7)
-    assert _refine(prob, RefineConfig(frames_per_expression=3), uncertainty).pseudo_frames == (0, 1, 2)
+    assert _refine(prob, RefineSection(frames_per_expression=3), uncertainty).pseudo_frames == (0, 1, 2)
 
 
 @pytest.mark.parametrize("k", [None, 0, -1])
 def test_no_frame_limit_keeps_all_frames(k):
     prob, uncertainty = _entropy_video([0.3, 0.1, 0.2, 0.4])
-    assert _refine(prob, RefineConfig(frames_per_expression=k), uncertainty).pseudo_frames == (0, 1, 2, 3)
+    assert _refine(prob, RefineSection(frames_per_expression=k), uncertainty).pseudo_frames == (0, 1, 2, 3)
 
 
 def test_frames_with_too_few_kept_pixels_are_rejected_and_the_next_frame_takes_their_place():
     prob, uncertainty = _entropy_video([0.1, 0.2, 0.3, 0.4])
     prob[0, 0] = 0.6  # 2 of frame 0's 4 pixels fall below the 0.85 foreground threshold
-    refined = _refine(prob, RefineConfig(frames_per_expression=2, min_kept_ratio=0.75), uncertainty)
+    refined = _refine(prob, RefineSection(frames_per_expression=2, min_kept_ratio=0.75), uncertainty)
     assert refined.pseudo_frames == (1, 2)
     frame0 = refined.frames[0]
     assert not frame0.kept and frame0.kept_ratio == 0.5
@@ -121,7 +117,7 @@ def test_frames_with_too_few_kept_pixels_are_rejected_and_the_next_frame_takes_t
 def test_ground_truth_frames_keep_their_annotation_and_are_not_ranked():
     prob, uncertainty = _entropy_video([0.9, 0.3, 0.2, 0.1], shape=(2, 3))
     gt_mask = np.array([[0, 1, 1], [0, 0, 1]], dtype=np.uint8)
-    refined = _refine(prob, RefineConfig(frames_per_expression=1), uncertainty, gt={0: gt_mask, 3: gt_mask})
+    refined = _refine(prob, RefineSection(frames_per_expression=1), uncertainty, gt={0: gt_mask, 3: gt_mask})
     for t in (0, 3):
         np.testing.assert_array_equal(refined.label[t], gt_mask)
         np.testing.assert_array_equal(refined.weight[t], np.ones((2, 3)))
@@ -143,7 +139,7 @@ def test_ground_truth_frames_keep_their_annotation_and_are_not_ranked():
 def test_ground_truth_frame_quality_counts_only_kept_pixels():
     prob = np.array([[[0.95, 0.6], [0.05, 0.45]]], dtype=np.float32)  # kept: 0.95 (fg) and 0.05 (bg)
     gt_mask = np.array([[1, 0], [1, 0]], dtype=np.uint8)
-    refined = _refine(prob, RefineConfig(), gt={0: gt_mask})
+    refined = _refine(prob, RefineSection(), gt={0: gt_mask})
     q = refined.pseudo_quality
     assert (q.tp, q.fp, q.fn, q.tn, q.ignored) == (1, 0, 1, 0, 2)
     t = refined.teacher_quality  # p > 0.5 on every pixel: fg at 0.95, 0.6
@@ -153,18 +149,18 @@ def test_ground_truth_frame_quality_counts_only_kept_pixels():
 def test_bad_ground_truth_is_rejected():
     prob, uncertainty = _entropy_video([0.1, 0.2])
     with pytest.raises(ValueError, match="frame 5"):
-        _refine(prob, RefineConfig(), uncertainty, gt={5: np.zeros((2, 2), np.uint8)})
+        _refine(prob, RefineSection(), uncertainty, gt={5: np.zeros((2, 2), np.uint8)})
     with pytest.raises(ValueError, match=r"\(3, 3\)"):
-        _refine(prob, RefineConfig(), uncertainty, gt={0: np.zeros((3, 3), np.uint8)})
+        _refine(prob, RefineSection(), uncertainty, gt={0: np.zeros((3, 3), np.uint8)})
     with pytest.raises(ValueError, match="binary"):
-        _refine(prob, RefineConfig(), uncertainty, gt={0: np.full((2, 2), 2, np.uint8)})
+        _refine(prob, RefineSection(), uncertainty, gt={0: np.full((2, 2), 2, np.uint8)})
 
 
 def test_non_finite_uncertainty_is_an_error_not_a_silent_ranking():
     prob, uncertainty = _entropy_video([0.1, 0.2, 0.3])
     uncertainty[1, 0, 0] = np.nan
     with pytest.raises(ValueError, match=r"frames \[1\]"):
-        _refine(prob, RefineConfig(), uncertainty)
+        _refine(prob, RefineSection(), uncertainty)
 
 
 def test_histogram_percentile_matches_numpy_on_uniform_confidences():
@@ -204,9 +200,9 @@ def test_thresholds_are_per_class_percentiles_clamped_to_the_configured_range():
     histogram.add(np.linspace(0.8, 1.0, 10_001)[1:])  # fg confidence uniform on (0.8, 1]: 20th pct = 0.84
     histogram.add(1 - np.linspace(0.6, 1.0, 10_001)[1:])  # bg confidence uniform on (0.6, 1]: 20th pct = 0.68
     width = histogram.bin_width
-    free = choose_thresholds(histogram, RefineConfig(percentile=20, min_confidence=0.5, max_confidence=0.99))
+    free = choose_thresholds(histogram, RefineSection(percentile=20, min_confidence=0.5, max_confidence=0.99))
     assert free.fg == pytest.approx(0.84, abs=width) and free.bg == pytest.approx(0.68, abs=width)
-    clamped = choose_thresholds(histogram, RefineConfig(percentile=20, min_confidence=0.7, max_confidence=0.82))
+    clamped = choose_thresholds(histogram, RefineSection(percentile=20, min_confidence=0.7, max_confidence=0.82))
     assert clamped == Thresholds(fg=0.82, bg=0.7)
 
 
@@ -214,7 +210,7 @@ def test_a_class_absent_from_the_round_gets_min_confidence():
     histogram = ConfidenceHistogram()
     histogram.add(np.full((4, 4), 0.1))
     assert histogram.percentile(True, 20) is None
-    thresholds = choose_thresholds(histogram, RefineConfig(min_confidence=0.75, max_confidence=0.95))
+    thresholds = choose_thresholds(histogram, RefineSection(min_confidence=0.75, max_confidence=0.95))
     assert thresholds.fg == 0.75
     assert thresholds.bg == pytest.approx(0.9, abs=histogram.bin_width)
 
@@ -228,43 +224,13 @@ def test_class_balanced_thresholds_keep_the_same_share_of_a_rare_uncertain_foreg
     prob = np.concatenate([fg_prob, bg_prob]).astype(np.float32).reshape(1, 100, 200)
     histogram = ConfidenceHistogram()
     histogram.add(prob)
-    cfg = RefineConfig(percentile=20, min_confidence=0.5, max_confidence=0.99, frames_per_expression=None)
+    cfg = RefineSection(percentile=20, min_confidence=0.5, max_confidence=0.99, frames_per_expression=None)
     refined = _refine(prob, cfg, thresholds=choose_thresholds(histogram, cfg))
     label = refined.label.reshape(-1)
     assert (label[:2_000] == 1).mean() == pytest.approx(0.8, abs=0.01)
     assert (label[2_000:] == 0).mean() == pytest.approx(0.8, abs=0.01)
     shared_cut = np.percentile(np.maximum(prob, 1 - prob), 20)
     assert (np.maximum(fg_prob, 1 - fg_prob) >= shared_cut).mean() == 0.0
-
-
-@pytest.mark.parametrize(
-    ("field", "value"),
-    [
-        ("percentile", 100.0),
-        ("percentile", -1.0),
-        ("min_confidence", 0.4),
-        ("max_confidence", 1.0),
-        ("weighting", "entropy"),
-        ("min_weight", 1.5),
-        ("frames_per_expression", 2.5),
-        ("min_kept_ratio", 1.2),
-    ],
-)
-def test_config_validation_names_the_field(field, value):
-    with pytest.raises(ConfigError, match=f"refine.{field}"):
-        RefineConfig(**{field: value})
-
-
-def test_config_reports_every_problem_at_once_and_is_frozen():
-    with pytest.raises(ConfigError) as error:
-        RefineConfig(percentile=150, weighting="x", min_weight=-1)
-    message = str(error.value)
-    assert "refine.percentile" in message and "refine.weighting" in message and "refine.min_weight" in message
-    with pytest.raises(ConfigError, match="min <= max"):
-        RefineConfig(min_confidence=0.9, max_confidence=0.8)
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        RefineConfig().percentile = 10.0  # type: ignore[misc]
-    assert RefineConfig().frames_per_expression == 3
 
 
 def test_thresholds_must_lie_in_the_confidence_range():
@@ -283,7 +249,7 @@ def test_frames_whose_object_area_disagrees_with_the_annotated_frames_are_reject
     prob[3, :, :] = 0.99  # everything foreground: area 1.0, ratio 4
     uncertainty = np.zeros_like(prob)
     uncertainty[2] = 0.1  # frame 2 is the least certain of the three, yet the only plausible one
-    refined = _refine(prob, RefineConfig(frames_per_expression=3), uncertainty, gt={0: gt_mask})
+    refined = _refine(prob, RefineSection(frames_per_expression=3), uncertainty, gt={0: gt_mask})
     assert refined.pseudo_frames == (2,)
     assert refined.frames[1].reason == (
         "rank 1 of 3 by mean entropy 0.000; predicted object area 0.00x the annotated frames' mean, outside [0.5, 2]"
@@ -291,12 +257,12 @@ def test_frames_whose_object_area_disagrees_with_the_annotated_frames_are_reject
     assert "area 4.00x" in refined.frames[3].reason and not refined.frames[3].kept
     np.testing.assert_array_equal(refined.label[1], np.full((2, 4), X))
     # Disabled bounds keep all three.
-    loose = RefineConfig(frames_per_expression=3, min_area_ratio=0.0, max_area_ratio=None)
+    loose = RefineSection(frames_per_expression=3, min_area_ratio=0.0, max_area_ratio=None)
     assert _refine(prob, loose, uncertainty, gt={0: gt_mask}).pseudo_frames == (1, 2, 3)
     # Without GT there is no reference area: nothing is rejected for its area.
-    assert _refine(prob, RefineConfig(frames_per_expression=4), uncertainty).pseudo_frames == (0, 1, 2, 3)
+    assert _refine(prob, RefineSection(frames_per_expression=4), uncertainty).pseudo_frames == (0, 1, 2, 3)
 
 
 def test_area_bounds_are_checked():
     with pytest.raises(ConfigError, match="min_area_ratio"):
-        RefineConfig(min_area_ratio=3.0, max_area_ratio=2.0)
+        RefineSection(min_area_ratio=3.0, max_area_ratio=2.0)

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from prvos_core.data.layout import SplitPaths, read_json, write_json
+from prvos_core.data.masks import read_mask
+from prvos_core.datasets.synth import generate_synthetic, video_rng
+from prvos_core.datasets.synth_scene import COLOURS, MOTIONS, SHAPES, SIZES, plan_video, render_frame
 from prvos_core.errors import ConfigError
-from prvos_core.layout import SplitPaths, read_json, write_json
-from prvos_core.masks import read_mask
-from prvos_core.synth import generate_synthetic, video_rng
-from prvos_core.synth_scene import COLOURS, MOTIONS, SHAPES, SIZES, plan_video, render_frame
 
 ARGS = {"videos": 3, "valid_videos": 2, "frames": 10, "size": (48, 40), "label_every": 3, "seed": 0}
 FRAME_IDS = [f"{t:05d}" for t in range(10)]

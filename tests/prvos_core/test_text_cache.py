@@ -1,4 +1,4 @@
-"""Tests of prvos_core.text_cache: each distinct expression is encoded once, rows survive reopening and crashes."""
+"""Tests of prvos_core.text.cache: each distinct expression is encoded once, rows survive reopening and crashes."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import pytest
 import torch
 import zarr
 
+from prvos_core.data.layout import read_json
 from prvos_core.errors import ConfigError, DataError, StorageError
-from prvos_core.layout import read_json
-from prvos_core.text import TextEncoder
-from prvos_core.text_cache import TextCache, TextNotCachedError
+from prvos_core.text.cache import TextCache, TextNotCachedError
+from prvos_core.text.encoder import TextEncoder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -108,7 +108,7 @@ def test_reopened_in_another_process_sees_the_same_rows(
     out = tmp_path / "rows.npz"
     script = (
         "import sys, numpy as np\n"
-        "from prvos_core.text_cache import TextCache\n"
+        "from prvos_core.text.cache import TextCache\n"
         f"cache = TextCache({root!r}, {minilm.identity!r})\n"
         f"tokens, mask = cache.lookup({query!r})\n"
         f"np.savez({str(out)!r}, tokens=tokens.numpy(), mask=mask.numpy(), rows=len(cache))\n"

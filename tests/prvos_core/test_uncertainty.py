@@ -1,4 +1,4 @@
-"""Tests of prvos_core.uncertainty: finite binary entropy, the seed's broken entropy, TTA, quantisation."""
+"""Tests of prvos_core.pseudo.uncertainty: finite binary entropy, the seed's broken entropy, TTA, quantisation."""
 
 from __future__ import annotations
 
@@ -8,18 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from prvos_core.config import RefineSection
 from prvos_core.errors import ConfigError
-from prvos_core.refine import RefineConfig, Thresholds, refine_expression
-from prvos_core.uncertainty import (
-    binary_entropy,
-    confidence,
-    dequantize_unit,
-    flip_tta,
-    mc_dropout_variance,
-    predicted_foreground,
-    quantize_unit,
-    seed_entropy,
-)
+from prvos_core.labels import confidence, predicted_foreground
+from prvos_core.pseudo.refine import refine_expression
+from prvos_core.pseudo.store import dequantize_unit, quantize_unit
+from prvos_core.pseudo.thresholds import Thresholds
+from prvos_core.pseudo.uncertainty import binary_entropy, flip_tta, mc_dropout_variance, seed_entropy
 
 
 def test_binary_entropy_is_zero_at_saturation_one_at_half_and_normalised_by_log2():
@@ -87,7 +82,7 @@ def test_seed_entropy_is_nan_on_saturated_frames_and_picks_the_wrong_frames():
     # Ours: finite everywhere; the refinement keeps the truly certain frames 0, 4 (entropy 0) and 1.
     uncertainty = binary_entropy(video)
     assert np.isfinite(uncertainty).all()
-    refined = refine_expression(video, uncertainty, Thresholds(0.5, 0.5), RefineConfig(frames_per_expression=3))
+    refined = refine_expression(video, uncertainty, Thresholds(0.5, 0.5), RefineSection(frames_per_expression=3))
     assert refined.pseudo_frames == (0, 1, 4)
 
 

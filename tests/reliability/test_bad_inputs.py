@@ -209,7 +209,8 @@ def test_a_second_prvos_run_on_a_locked_run_is_refused(tmp_path, capsys):
 
 
 def _tiny_checkpoint(folder: Path, text_dim: int = 8) -> Path:
-    from prvos_core.model import build_model, save_checkpoint
+    from prvos_core.model.builders import build_model
+    from prvos_core.model.checkpoint import save_checkpoint
 
     model = build_model("tiny", text_dim=text_dim, pretrained=False)
     return save_checkpoint(folder, model, meta={"epoch": 0, "step": 0, "round": 0})
@@ -234,7 +235,8 @@ def test_checkpoint_of_another_model_is_one_line(tmp_path):
 
 
 def test_corrupted_and_mismatched_safetensors_are_one_line(tmp_path):
-    from prvos_core.model import build_model, load_checkpoint
+    from prvos_core.model.builders import build_model
+    from prvos_core.model.checkpoint import load_checkpoint
 
     checkpoint = _tiny_checkpoint(tmp_path / "ckpt")
     with pytest.raises(CheckpointError, match="does not match|missing|unexpected|shape"):

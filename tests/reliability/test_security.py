@@ -42,7 +42,7 @@ def test_every_id_that_becomes_a_path_is_checked(tmp_path):
     from pipelines.run_store import RunStore, open_run
     from prvos_core.config import config_from_dict
     from prvos_core.errors import ConfigError
-    from prvos_core.ids import id_problem
+    from prvos_core.storage import id_problem
 
     for unsafe in UNSAFE:
         assert id_problem(unsafe), unsafe
@@ -76,7 +76,7 @@ def test_embedded_ray_starts_no_dashboard():
 def test_credentials_from_the_environment_never_reach_the_run_folder(tmp_path, capsys, ray_local, monkeypatch):
     """A storage secret in the environment (where PRVOS reads credentials from) appears nowhere in what a run
     writes: config, markers, manifest, MLflow database and artifacts, console output."""
-    from prvos_core.synth import generate_synthetic
+    from prvos_core.datasets.synth import generate_synthetic
 
     secret = "S3CR3T-sentinel-9f2d0c"
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)

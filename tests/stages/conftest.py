@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from prvos_core.config import IngestSection
-from prvos_core.synth import generate_synthetic
-from prvos_core.text_cache import TextCache
+from prvos_core.datasets.synth import generate_synthetic
+from prvos_core.text.cache import TextCache
 from stages import ingest
 
 
@@ -30,7 +30,7 @@ def tiny_run(tmp_path_factory, ray_local, minilm) -> TinyRun:
     manifest_dir = root / "ingest"
     manifest_dir.mkdir()
     ingest.run(ingest.IngestInputs(str(root / "data"), ("train", "valid"), str(manifest_dir)), IngestSection())
-    from prvos_core.manifest import read_manifest
+    from prvos_core.data.manifest import read_manifest
 
     texts = sorted({e.text for e in read_manifest(str(manifest_dir)).expressions})
     cache = TextCache.for_encoder(str(root / "text.zarr"), minilm)

@@ -1,5 +1,5 @@
 """Tests of stages.evaluate on the tiny synthetic run: its numbers equal prvos_core.metrics on predictions made
-in-process with prvos_core.predict (per expression, overall, per annotator), it runs the student and not the
+in-process with prvos_core.inference.predict (per expression, overall, per annotator), it runs the student and not the
 EMA teacher, and a split without ground truth gives the Ref-YouTube-VOS submission zip."""
 
 from __future__ import annotations
@@ -17,11 +17,13 @@ import torch
 from PIL import Image
 
 from prvos_core.config import EvaluateSection
-from prvos_core.manifest import Manifest, read_manifest, write_manifest
+from prvos_core.data.manifest import Manifest, read_manifest, write_manifest
+from prvos_core.inference.predict import load_predictor, predict_expression, upsample_prob
 from prvos_core.metrics import evaluate_expression, overall_iou, summarize
-from prvos_core.model import EmaTeacher, build_model, save_checkpoint
-from prvos_core.predict import load_predictor, predict_expression, upsample_prob
-from prvos_core.text_cache import TextCache
+from prvos_core.model.builders import build_model
+from prvos_core.model.checkpoint import save_checkpoint
+from prvos_core.model.ema import EmaTeacher
+from prvos_core.text.cache import TextCache
 from stages import evaluate
 
 SIZE = (32, 32)

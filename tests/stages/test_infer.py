@@ -1,5 +1,5 @@
 """Tests of stages.infer on the tiny synthetic run: every frame stored in range with an index that matches the
-store, predictions equal to prvos_core.predict, resume after an interruption to byte-identical files, a
+store, predictions equal to prvos_core.inference.predict, resume after an interruption to byte-identical files, a
 finished infer re-run without model work, a store of other inputs started afresh, and the uint8 size bound."""
 
 from __future__ import annotations
@@ -19,13 +19,15 @@ import zarr
 from PIL import Image
 
 from prvos_core.config import InferSection
+from prvos_core.data.manifest import Manifest, read_manifest, write_manifest
 from prvos_core.errors import CheckpointError, DataError, StorageError
-from prvos_core.manifest import Manifest, read_manifest, write_manifest
-from prvos_core.model import EmaTeacher, build_model, save_checkpoint
-from prvos_core.predict import load_predictor, predict_expression, predictor_identity
-from prvos_core.pseudo_store import open_store, read_index, read_pseudo_label
-from prvos_core.text_cache import TextCache
-from prvos_core.uncertainty import binary_entropy, quantize_unit
+from prvos_core.inference.predict import load_predictor, predict_expression, predictor_identity
+from prvos_core.model.builders import build_model
+from prvos_core.model.checkpoint import save_checkpoint
+from prvos_core.model.ema import EmaTeacher
+from prvos_core.pseudo.store import open_store, quantize_unit, read_index, read_pseudo_label
+from prvos_core.pseudo.uncertainty import binary_entropy
+from prvos_core.text.cache import TextCache
 from stages import infer
 
 SIZE = (32, 32)

@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from prvos_core.config import IngestSection
-from prvos_core.ids import expression_id
-from prvos_core.manifest import read_manifest
-from prvos_core.masks import write_palette_mask
+from prvos_core.data.ids import expression_id
+from prvos_core.data.manifest import read_manifest
+from prvos_core.data.masks import write_palette_mask
 from stages import ingest
 
 H, W = 48, 64
@@ -218,7 +218,7 @@ def test_missing_dataset_is_one_clear_error(tmp_path, ray_local):
 
 def test_converted_ref_davis_keeps_annotator_and_kind(shared_data, tmp_path, ray_local):
     """convert-davis -> ingest: the same sentence from two annotators or kinds stays two expressions."""
-    from prvos_core.davis import convert_davis
+    from prvos_core.datasets.davis import convert_davis
     from tests.prvos_core.test_davis import _make_davis, _make_text
 
     davis_root, text_dir = tmp_path / "DAVIS", tmp_path / "text"

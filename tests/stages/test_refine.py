@@ -1,4 +1,4 @@
-"""The refine stage on a hand-made teacher: it must equal prvos_core.refine applied directly to the same arrays,
+"""The refine stage on a hand-made teacher: it must equal prvos_core.pseudo.refine applied directly to the same arrays,
 ignore exactly the pixels the teacher was made unsure of, beat the raw teacher against full_annotations, and
 write the same bytes on every run.
 
@@ -22,33 +22,36 @@ import pytest
 from ray.exceptions import RayTaskError
 
 from prvos_core import storage
-from prvos_core.config import IngestSection
+from prvos_core.config import IngestSection, RefineSection
+from prvos_core.data.frames import resize_map
+from prvos_core.data.layout import SplitPaths
+from prvos_core.data.manifest import Expression, read_manifest, write_manifest
+from prvos_core.data.masks import read_mask
+from prvos_core.datasets.synth import generate_synthetic
 from prvos_core.errors import StorageError, UserError
-from prvos_core.frames import resize_map
-from prvos_core.layout import SplitPaths
-from prvos_core.manifest import Expression, read_manifest, write_manifest
-from prvos_core.masks import read_mask
-from prvos_core.pseudo_quality import IGNORE_LABEL, QualityCounts, RefineSummary, pseudo_label_quality, teacher_quality
-from prvos_core.pseudo_store import (
+from prvos_core.labels import IGNORE_LABEL, confidence
+from prvos_core.pseudo.quality import QualityCounts, pseudo_label_quality, teacher_quality
+from prvos_core.pseudo.refine import RefinedExpression, RefineSummary, refine_expression
+from prvos_core.pseudo.store import (
     FRAMES_SCHEMA,
     PseudoLabel,
     PseudoLabelWriter,
     RefinedLabel,
     open_store,
+    quantize_unit,
     read_pseudo_label,
     read_refined,
     write_refined,
 )
-from prvos_core.refine import ConfidenceHistogram, RefineConfig, RefinedExpression, choose_thresholds, refine_expression
-from prvos_core.synth import generate_synthetic
-from prvos_core.uncertainty import binary_entropy, confidence, quantize_unit
+from prvos_core.pseudo.thresholds import ConfidenceHistogram, choose_thresholds
+from prvos_core.pseudo.uncertainty import binary_entropy
 from stages import ingest, refine
 
 SIZE = (24, 24)  # the teacher's (model input) resolution; the dataset is 48x48
 MLFLOW_KEY = re.compile(r"^[A-Za-z0-9_\-./ ]+$")
 # The hand-made teacher below changes objects' areas on purpose (unsure and confidently wrong pixels), so the
 # object-area frame rule is off here; tests/prvos_core/test_refine.py covers it.
-DEFAULT = RefineConfig(min_area_ratio=0.0, max_area_ratio=None)
+DEFAULT = RefineSection(min_area_ratio=0.0, max_area_ratio=None)
 
 
 @dataclass(frozen=True)
@@ -114,7 +117,7 @@ def _teacher(truth: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.n
 
 @dataclass(frozen=True)
 class Direct:
-    """prvos_core.refine applied by hand to the same stored arrays."""
+    """prvos_core.pseudo.refine applied by hand to the same stored arrays."""
 
     pseudo: dict[str, PseudoLabel]
     gt: dict[str, dict[int, np.ndarray]]
@@ -122,7 +125,7 @@ class Direct:
     summary: RefineSummary
 
 
-def _direct(round_: Round, cfg: RefineConfig, split: str = "train") -> Direct:
+def _direct(round_: Round, cfg: RefineSection, split: str = "train") -> Direct:
     store = open_store(round_.pseudo_store, mode="r")
     expressions = round_.expressions(split)
     pseudo = {e.expression_id: read_pseudo_label(store, e.expression_id) for e in expressions}
@@ -148,7 +151,7 @@ def _direct(round_: Round, cfg: RefineConfig, split: str = "train") -> Direct:
     return Direct(pseudo, gt, refined, summary)
 
 
-def _run(round_: Round, out_dir: Path, cfg: RefineConfig = DEFAULT, split: str = "train"):
+def _run(round_: Round, out_dir: Path, cfg: RefineSection = DEFAULT, split: str = "train"):
     return refine.run(refine.RefineInputs(round_.manifest_dir, round_.pseudo_store, str(out_dir), split), cfg)
 
 
@@ -188,7 +191,7 @@ def test_refined_labels_and_summary_equal_the_core_on_the_same_arrays(round_, de
 
 def test_thresholds_come_from_the_frames_without_ground_truth(round_, tmp_path):
     # Wide clamps, so the percentiles themselves decide (the default config clamps both on this teacher).
-    cfg = RefineConfig(percentile=10.0, min_confidence=0.5, max_confidence=0.999)
+    cfg = RefineSection(percentile=10.0, min_confidence=0.5, max_confidence=0.999)
     result = _run(round_, tmp_path, cfg)
     direct = _direct(round_, cfg)
     thresholds = direct.summary.thresholds
@@ -295,7 +298,7 @@ def test_refinement_beats_the_raw_teacher_on_the_chosen_frames(round_, default_r
 
 
 def test_disabled_refinement_keeps_every_pixel_and_frame(round_, tmp_path):
-    result = _run(round_, tmp_path, RefineConfig(enabled=False))
+    result = _run(round_, tmp_path, RefineSection(enabled=False))
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert (summary["threshold_fg"], summary["threshold_bg"]) == (0.5, 0.5)
     assert summary["kept_ratio"] == 1.0 and summary["pseudo_coverage_full"] == 1.0

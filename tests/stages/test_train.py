@@ -7,7 +7,7 @@ import json
 import pytest
 
 from prvos_core.config import ModelSection, TrainSection
-from prvos_core.model import load_checkpoint, read_checkpoint_meta
+from prvos_core.model.checkpoint import load_checkpoint, read_checkpoint_meta
 from stages import train
 
 MODEL = ModelSection(size="tiny", input_size=(32, 32))
@@ -58,8 +58,8 @@ def test_a_worker_failure_resumes_from_the_last_checkpoint(tiny_run, tmp_path, m
 def test_refined_pseudo_frames_join_the_ground_truth(tiny_run, tmp_path):
     import numpy as np
 
-    from prvos_core.manifest import read_manifest
-    from prvos_core.pseudo_store import RefinedLabel, open_store, write_refined
+    from prvos_core.data.manifest import read_manifest
+    from prvos_core.pseudo.store import RefinedLabel, open_store, write_refined
 
     manifest = read_manifest(tiny_run.manifest_dir)
     expression = manifest.split_expressions("train")[0]

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from prvos_core.frames import Box, load_frame, read_object_mask, resize_map
-from prvos_core.layout import SplitPaths
-from prvos_core.manifest import Expression, Video
-from prvos_core.pseudo_quality import IGNORE_LABEL
-from prvos_core.pseudo_store import open_store, read_refined
+from prvos_core.data.frames import Box, load_frame, read_object_mask, resize_map
+from prvos_core.data.layout import SplitPaths
+from prvos_core.data.manifest import Expression, Video
+from prvos_core.labels import IGNORE_LABEL
+from prvos_core.pseudo.store import open_store, read_refined
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,11 @@
 """`prvos predict`: a trained checkpoint segments the object a sentence refers to in the user's own video.
 
 Out come one palette PNG mask per frame (`masks/<frame id>.png`, 0 background, 1 object, through
-`prvos_core.masks`), an overlay video (`overlay.mp4`, the mask tinted and outlined on every frame) and
-`prediction.json` (what ran, how long), written whole or not at all (`prvos_core.output_folder`).
+`prvos_core.data.masks`), an overlay video (`overlay.mp4`, the mask tinted and outlined on every frame) and
+`prediction.json` (what ran, how long), written whole or not at all (`prvos_core.storage`).
 
 As in evaluation, the model finds the object from the text alone on the first frame and propagates frame by
-frame; frames are decoded one at a time (`prvos_core.video_io`), so memory stays flat however long the video.
+frame; frames are decoded one at a time (`prvos_core.inference.video_io`), so memory stays flat however long the video.
 The text encoder is the one the checkpoint was trained with: the checkpoint's config, else the config of the
 run the checkpoint sits in (`<run>/r<k>-train/checkpoint`), else the shipped MiniLM; `text_encoder` overrides.
 Nothing downloads.
@@ -22,16 +22,18 @@ import numpy as np
 import torch
 import yaml
 
+from prvos_core.data.frames import resize_frame
+from prvos_core.data.masks import write_palette_mask
 from prvos_core.errors import CheckpointError, UserError
-from prvos_core.frames import resize_frame
-from prvos_core.masks import write_palette_mask
-from prvos_core.model import SIZES, iter_propagate, read_checkpoint_meta
-from prvos_core.output_folder import check_replaceable, staged_folder
-from prvos_core.pictures import overlay_mask
-from prvos_core.predict import Weights, load_predictor, upsample_prob
+from prvos_core.inference.predict import Weights, load_predictor, upsample_prob
+from prvos_core.inference.propagation import iter_propagate
+from prvos_core.inference.video_io import DEFAULT_FPS, Mp4Writer, VideoSource, open_video
+from prvos_core.model.builders import SIZES
+from prvos_core.model.checkpoint import read_checkpoint_meta
 from prvos_core.progress import progress_bar
-from prvos_core.text import DEFAULT_MAX_TOKENS, TextEncoder
-from prvos_core.video_io import DEFAULT_FPS, Mp4Writer, VideoSource, open_video
+from prvos_core.storage import check_replaceable, output_folder
+from prvos_core.text.encoder import DEFAULT_MAX_TOKENS, TextEncoder
+from prvos_core.viz.pictures import overlay_mask
 
 MASKS_DIR = "masks"
 OVERLAY_FILE = "overlay.mp4"
@@ -128,7 +130,7 @@ def predict_video(
 
     threads_before = torch.get_num_threads()
     torch.set_num_threads(threads)
-    with staged_folder(out, SUMMARY_FILE, "prvos predict") as staging:
+    with output_folder(out, SUMMARY_FILE, "prvos predict") as staging:
         frames_started = time.perf_counter()
         try:
             foreground = _predict_into(staging, model, source, words[0], word_mask[0], model_input_size(meta),

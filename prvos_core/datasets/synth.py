@@ -11,7 +11,7 @@
 ```
 The same arguments give a byte-identical tree; each video draws from its own generator seeded by
 (seed, split, index). The tree is written into a hidden sibling folder and renamed into place, so a folder at
-`out` is always complete. Scenes come from prvos_core.synth_scene.
+`out` is always complete. Scenes come from prvos_core.datasets.synth_scene.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from prvos_core.data.layout import SplitPaths, read_json, write_json
+from prvos_core.data.masks import write_palette_mask
+from prvos_core.datasets.synth_scene import DYNAMICS, VideoScene, describe_objects, plan_video, render_frame
 from prvos_core.errors import ConfigError
-from prvos_core.layout import SplitPaths, read_json, write_json
-from prvos_core.masks import write_palette_mask
-from prvos_core.synth_scene import DYNAMICS, VideoScene, describe_objects, plan_video, render_frame
 
 FORMAT_VERSION = 1  # bump when the same arguments would draw different content
 _JPEG_QUALITY = 90
@@ -49,7 +49,7 @@ class SynthArguments:
     size: tuple[int, int]  # (height, width)
     label_every: int
     seed: int
-    dynamics: str = "linear"  # prvos_core.synth_scene.DYNAMICS
+    dynamics: str = "linear"  # prvos_core.datasets.synth_scene.DYNAMICS
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def generate_synthetic(
     `valid_videos` defaults to max(1, videos // 4). If `out` already holds a dataset made with the same
     arguments it is kept as is (`reused=True`); any other non-empty `out` raises ConfigError.
     `progress(done_videos, total_videos)` is called after each video. `dynamics` is how objects change over a video
-    (prvos_core.synth_scene: "linear" or "varied").
+    (prvos_core.datasets.synth_scene: "linear" or "varied").
     """
     arguments = _validated(videos, valid_videos, frames, size, label_every, seed, dynamics)
     out = Path(out)

@@ -22,8 +22,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from prvos_core.data.layout import SplitPaths, has_bad_text, read_json, require_mapping, write_json
 from prvos_core.errors import DataError
-from prvos_core.layout import SplitPaths, has_bad_text, read_json, require_mapping, write_json
 
 _REMAKE = "re-create it with `prvos data merge-json`"
 

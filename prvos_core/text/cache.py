@@ -6,7 +6,7 @@ text once and every epoch, round and worker reads the rows.
 Layout (Zarr v3) under `root`, a local path or an fsspec URL such as `s3://bucket/text_cache` (pass
 `storage_options` for the latter):
 ```
-<root>/zarr.json                 root group; one child group per encoder identity (prvos_core.text.encoder_identity)
+<root>/zarr.json                 root group; one child group per encoder identity (prvos_core.text.encoder.encoder_identity)
 <root>/<identity>/zarr.json      attrs: format, rows (the committed row count), max_tokens (L), dim (D)
 <root>/<identity>/tokens         float16 (rows, L, D), chunks of 256 rows, zstd 3; zero at padding
 <root>/<identity>/mask           bool (rows, L), True at real tokens
@@ -36,12 +36,12 @@ import numpy as np
 import torch
 import zarr
 
+from prvos_core.data.layout import has_bad_text
 from prvos_core.errors import ConfigError, DataError, StorageError
-from prvos_core.layout import has_bad_text
 
 if TYPE_CHECKING:
     # Typing only: a worker that reads the cache never imports transformers.
-    from prvos_core.text import TextEncoder
+    from prvos_core.text.encoder import TextEncoder
 
 FORMAT = "prvos-text-cache/1"
 # 256 rows of 20 x 768 float16 is a 7.9 MB chunk before compression (3.9 MB with MiniLM).
@@ -78,7 +78,7 @@ class TextCache:
         if not _IDENTITY.fullmatch(identity):
             raise ConfigError(
                 f"text cache identity {identity!r}: use letters, digits, '.', '_' or '-' "
-                "(see prvos_core.text.encoder_identity)"
+                "(see prvos_core.text.encoder.encoder_identity)"
             )
         # Kept a string, not a Path, so fsspec URLs (s3://...) pass through to zarr unchanged.
         self.root = os.fspath(root)

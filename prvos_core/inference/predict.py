@@ -18,12 +18,13 @@ import numpy as np
 import torch
 
 from prvos_core import storage
+from prvos_core.data.frames import decode_frame, decode_reduction, read_object_mask, resize_frame, resize_map
+from prvos_core.data.layout import SplitPaths
+from prvos_core.data.manifest import Expression, Video
 from prvos_core.errors import UserError
-from prvos_core.frames import decode_frame, decode_reduction, read_object_mask, resize_frame, resize_map
-from prvos_core.layout import SplitPaths
-from prvos_core.manifest import Expression, Video
-from prvos_core.model import URVOS, iter_propagate, load_checkpoint
-from prvos_core.model.checkpoint import EMA_FILE, MODEL_FILE, read_checkpoint_meta
+from prvos_core.inference.propagation import iter_propagate
+from prvos_core.model.checkpoint import EMA_FILE, MODEL_FILE, load_checkpoint, read_checkpoint_meta
+from prvos_core.model.urvos import URVOS
 
 Weights = Literal["ema", "student"]
 

@@ -9,7 +9,7 @@ Input:
 <text_dir>/Davis17_annot{1,2}.txt, Davis17_annot{1,2}_full_video.txt
                                                              `video object "expression"`, one line an object
 ```
-Output: `<out>/train` and `<out>/valid` (DAVIS val) in the layout of prvos_core.layout. Frames and masks are
+Output: `<out>/train` and `<out>/valid` (DAVIS val) in the layout of prvos_core.data.layout. Frames and masks are
 hard-linked (copied where a link is impossible), so masks stay byte-identical palette PNGs. Every expression
 carries its `annotator` (1 or 2) and `kind` ("first_frame": written looking at the first frame only,
 "full_video": after watching the whole video), so evaluation can report each annotator and their mean.
@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from prvos_core.data.layout import SplitPaths, read_json, require_mapping, write_json
+from prvos_core.data.masks import read_mask
 from prvos_core.errors import DataError
-from prvos_core.ids import id_problem
-from prvos_core.layout import SplitPaths, read_json, require_mapping, write_json
-from prvos_core.masks import read_mask
+from prvos_core.storage import id_problem
 
 # (file, annotator, kind, encoding), in the order expression keys are numbered. Annotator 2's files are
 # latin-1; "utf-8-sig" also accepts a byte-order mark in annotator 1's.

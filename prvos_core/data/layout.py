@@ -5,7 +5,7 @@
 <root>/<split>/Annotations/<video>/<frame>.png        palette PNG, pixel value = object id
 <root>/<split>/meta.json                              {videos: {vid: {objects: {oid: {category, frames}}}}}
 <root>/meta_expressions/<split>/meta_expressions.json {videos: {vid: {expressions: {key: {exp, obj_id?}}, frames}}}
-<root>/new_<split>.json                               merged: see prvos_core.merge_json
+<root>/new_<split>.json                               merged: see prvos_core.datasets.merge_json
 ```
 Every reader raises `DataError` naming the file and the fix; JSON text that is not UTF-8 is read with
 surrogate escapes so one bad expression can be quarantined instead of failing the whole file.

@@ -30,7 +30,7 @@ from zarr.codecs import ZstdCodec
 
 from prvos_core import storage
 from prvos_core.errors import StorageError
-from prvos_core.uncertainty import dequantize_unit, quantize_unit
+from prvos_core.labels import predicted_foreground
 
 Encoding = Literal["uint8", "float16"]
 PSEUDO_STORE = "pseudo.zarr"
@@ -38,6 +38,26 @@ REFINED_STORE = "refined.zarr"
 INDEX_FILE = "index.parquet"  # infer: one row per (expression, frame)
 FRAMES_FILE = "frames.parquet"  # refine: one decision per (expression, frame)
 _COMPRESSORS = ZstdCodec(level=3)
+
+
+def quantize_unit(x: np.ndarray) -> np.ndarray:
+    """Quantise values in [0, 1] to uint8 as round(x * 255); the round trip error is at most 1/510.
+
+    Values are clipped to [0, 1] first. NaN raises ValueError: it means the teacher produced non-finite
+    output, which must not be stored as a plausible label.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if np.isnan(x).any():
+        raise ValueError("cannot quantise NaN values; the prediction or uncertainty map is not finite")
+    return np.rint(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def dequantize_unit(q: np.ndarray) -> np.ndarray:
+    """Inverse of `quantize_unit`: uint8 -> float32 in [0, 1] (q / 255)."""
+    q = np.asarray(q)
+    if q.dtype != np.uint8:
+        raise ValueError(f"dequantize_unit expects uint8 codes, got {q.dtype}")
+    return q.astype(np.float32) / np.float32(255.0)
 
 
 def open_store(uri: str, mode: Literal["r", "a"] = "a", storage_options: dict | None = None) -> zarr.Group:
@@ -70,7 +90,9 @@ def summarize_frame(prob: np.ndarray, uncertainty: np.ndarray) -> FrameSummary:
     Writer and re-reader both call this on the stored (decoded) values, so an index rebuilt from the store
     after a resume equals the one written during an uninterrupted run.
     """
-    return FrameSummary(float(np.mean(uncertainty, dtype=np.float64)), float(np.mean(prob > 0.5, dtype=np.float64)))
+    return FrameSummary(
+        float(np.mean(uncertainty, dtype=np.float64)), float(np.mean(predicted_foreground(prob), dtype=np.float64))
+    )
 
 
 @dataclass(frozen=True)
@@ -270,6 +292,62 @@ def read_index(uri: str) -> pa.Table:
     return storage.read_parquet(uri).cast(INDEX_SCHEMA)
 
 
-def frames_table(rows: dict[str, list]) -> pa.Table:
-    """The refine stage's frame decisions from column lists."""
-    return pa.table(rows, schema=FRAMES_SCHEMA)
+@dataclass(frozen=True)
+class FrameDecision:
+    """Why one frame of an expression is or is not trained on: one row of the refine stage's frames table.
+
+    source: 'ground_truth' (label = the annotation) or 'pseudo_label'.
+    rank: place by mean entropy among the expression's pseudo-labelled frames (1 = most certain); None on GT.
+    mean_entropy: mean per-pixel uncertainty of the teacher on the frame (lower = more certain).
+    kept_ratio: share of the frame's pixels whose confidence reaches their class threshold (1 for GT frames).
+    reason: 'ground_truth', or e.g. 'rank 1 of 12 by mean entropy 0.031' for a kept pseudo-labelled frame and
+    'rank 5 of 12 by mean entropy 0.210; top 3 already kept' for a rejected one.
+    """
+
+    frame_index: int
+    source: Literal["ground_truth", "pseudo_label"]
+    kept: bool
+    rank: int | None
+    mean_entropy: float
+    kept_ratio: float
+    reason: str
+
+    @property
+    def decision(self) -> Literal["ground_truth", "kept", "rejected"]:
+        """What happened to the frame, in one word (the inspect report colours frames by it)."""
+        if self.source == "ground_truth":
+            return "ground_truth"
+        return "kept" if self.kept else "rejected"
+
+
+def frame_decision_rows(
+    expression_id: str, frame_ids: tuple[str, ...], decisions: Iterable[FrameDecision]
+) -> list[dict]:
+    """FRAMES_SCHEMA rows of one expression's decisions."""
+    return [
+        {
+            "expression_id": expression_id,
+            "frame": frame_ids[d.frame_index],
+            "source": d.source,
+            "kept": d.kept,
+            "rank": d.rank,
+            "mean_entropy": d.mean_entropy,
+            "kept_ratio": d.kept_ratio,
+            "reason": d.reason,
+        }
+        for d in decisions
+    ]
+
+
+def write_frame_decisions(uri: str, rows: list[dict]) -> None:
+    """Write the refine stage's frames table atomically."""
+    storage.write_parquet(uri, pa.Table.from_pylist(rows, schema=FRAMES_SCHEMA))
+
+
+def read_frame_decisions(table: pa.Table, expression_id: str, frame_ids: tuple[str, ...]) -> list[FrameDecision]:
+    """One expression's decisions from a frames table, in frame order (`frame_ids` gives the positions)."""
+    position = {frame: index for index, frame in enumerate(frame_ids)}
+    rows = [row for row in table.to_pylist() if row["expression_id"] == expression_id]
+    names = [name for name in FRAMES_SCHEMA.names if name not in ("expression_id", "frame")]
+    decisions = [FrameDecision(position[row["frame"]], *(row[name] for name in names)) for row in rows]
+    return sorted(decisions, key=lambda d: d.frame_index)

@@ -1,7 +1,7 @@
 """Reading a dataset's JSON description into raw records, before any file is checked.
 
 Two sources describe a split: the Ref-YouTube-VOS layout (`meta_expressions.json` + optional `meta.json`) and
-the merged `new_<split>.json` (see prvos_core.merge_json). Both become the same `RawVideo` records. Problems
+the merged `new_<split>.json` (see prvos_core.datasets.merge_json). Both become the same `RawVideo` records. Problems
 that concern one item become quarantine rows; only a file that cannot be read at all raises `DataError`.
 """
 
@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from prvos_core import storage
+from prvos_core.data.layout import SplitPaths, read_json
+from prvos_core.data.manifest import QuarantineRow
 from prvos_core.errors import DataError
-from prvos_core.ids import id_problem
-from prvos_core.layout import SplitPaths, read_json
-from prvos_core.manifest import QuarantineRow
+from prvos_core.storage import id_problem
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class RawExpression:
     key: str
     object_id: str  # "" when the source does not name the object
     text: Any  # as found in the JSON: validated later (type, emptiness, length, encoding)
-    annotator: int | None = None  # Ref-DAVIS17 (see prvos_core.davis)
+    annotator: int | None = None  # Ref-DAVIS17 (see prvos_core.datasets.davis)
     kind: str | None = None
 
 

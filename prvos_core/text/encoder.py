@@ -7,7 +7,7 @@ padded or truncated to `max_tokens` (20 in the PRVOS seed); projecting words to 
 model's job, not this module's.
 
 `encoder_identity` names an encoder by the content of its files plus `max_tokens`, without loading the
-weights: the text cache (`prvos_core.text_cache`) keys its rows by it, so a training worker can find its
+weights: the text cache (`prvos_core.text.cache`) keys its rows by it, so a training worker can find its
 features from the model path alone.
 """
 

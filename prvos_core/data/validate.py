@@ -18,11 +18,12 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from prvos_core.dataset_source import RawVideo, SplitSource
-from prvos_core.file_checks import FileCheck, FileReport
-from prvos_core.ids import expression_id, id_problem
-from prvos_core.layout import SplitPaths, has_bad_text
-from prvos_core.manifest import Expression, Manifest, QuarantineRow, Video
+from prvos_core.data.file_checks import FileCheck, FileReport
+from prvos_core.data.ids import expression_id
+from prvos_core.data.layout import SplitPaths, has_bad_text
+from prvos_core.data.manifest import Expression, Manifest, QuarantineRow, Video
+from prvos_core.data.source import RawVideo, SplitSource
+from prvos_core.storage import id_problem
 
 
 @dataclass(frozen=True)

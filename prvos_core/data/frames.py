@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 
 from prvos_core import storage
+from prvos_core.data.masks import read_mask
 from prvos_core.errors import DataError
-from prvos_core.masks import read_mask
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,11 @@ pseudo-label, rejected) and titled with the frame id and its rank by mean entrop
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
-from prvos_core.pictures import (
+from prvos_core.pseudo.store import FrameDecision
+from prvos_core.viz.pictures import (
     GROUND_TRUTH,
     Column,
     empty_panel,
@@ -38,32 +38,13 @@ DECISION_COLORS = {
 ROW_NAMES = ("frame", "ground truth", "teacher p(object)", "uncertainty", "refined label", "loss weight")
 
 
-@dataclass(frozen=True)
-class FrameDecisionRow:
-    """One frame of the refine stage's frames table (`prvos_core.pseudo_store.FRAMES_SCHEMA`)."""
-
-    frame: str
-    source: str  # "ground_truth" or "pseudo_label"
-    kept: bool
-    rank: int | None  # by mean entropy among the pseudo-labelled frames; None on GT frames
-    mean_entropy: float
-    kept_ratio: float
-    reason: str
-
-    @property
-    def decision(self) -> str:
-        """'ground_truth', 'kept' or 'rejected': which header colour the frame gets."""
-        if self.source == "ground_truth":
-            return "ground_truth"
-        return "kept" if self.kept else "rejected"
-
-    @property
-    def title(self) -> str:
-        mark = "GT" if self.source == "ground_truth" else f"#{self.rank}" + ("" if self.kept else " x")
-        return f"{self.frame} {mark}"
+def column_title(frame_id: str, decision: FrameDecision) -> str:
+    """A column's title: the frame id and 'GT', or its rank by mean entropy ('#2'), with ' x' when rejected."""
+    mark = "GT" if decision.source == "ground_truth" else f"#{decision.rank}" + ("" if decision.kept else " x")
+    return f"{frame_id} {mark}"
 
 
-def choose_columns(decisions: Sequence[FrameDecisionRow], max_columns: int) -> list[int]:
+def choose_columns(decisions: Sequence[FrameDecision], max_columns: int) -> list[int]:
     """Indices of the frames to show, in frame order: all when they fit; else every kept pseudo-labelled
     frame, then frames spread evenly over the video (ground truth and rejected alike) up to `max_columns`."""
     if max_columns < 1:
@@ -93,7 +74,8 @@ def pseudo_label_strip(
     uncertainty: np.ndarray,
     label: np.ndarray,
     weight: np.ndarray,
-    decisions: Sequence[FrameDecisionRow],
+    decisions: Sequence[FrameDecision],
+    frame_ids: Sequence[str],
     *,
     panel_height: int = 96,
 ) -> np.ndarray:
@@ -101,10 +83,10 @@ def pseudo_label_strip(
 
     frames: C RGB (H, W, 3) uint8 frames at their original size. ground_truth: column -> (H, W) {0, 1} mask
     (absent: 'no mask'). prob, uncertainty, weight: (C, h, w) float in [0, 1] at the store's size; label:
-    (C, h, w) uint8 0/1/255. decisions: the C columns' rows of the frames table.
+    (C, h, w) uint8 0/1/255. decisions, frame_ids: the C columns' refine decisions and frame ids.
     """
     count = len(frames)
-    if not count or any(len(x) != count for x in (prob, uncertainty, label, weight, decisions)):
+    if not count or any(len(x) != count for x in (prob, uncertainty, label, weight, decisions, frame_ids)):
         raise ValueError("frames, prob, uncertainty, label, weight and decisions must have one entry per column")
     size = panel_size(*frames[0].shape[:2], panel_height)
     shown = [fit_frame(frame, size) for frame in frames]
@@ -128,5 +110,7 @@ def pseudo_label_strip(
             ],
         ),
     ]
-    columns = [Column(d.title, DECISION_COLORS[d.decision]) for d in decisions]
+    columns = [
+        Column(column_title(f, d), DECISION_COLORS[d.decision]) for f, d in zip(frame_ids, decisions, strict=True)
+    ]
     return strip(rows, columns)

@@ -15,8 +15,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from prvos_core import storage
+from prvos_core.data.masks import read_mask
 from prvos_core.errors import StorageError
-from prvos_core.masks import read_mask
 
 FileKind = Literal["frame", "mask"]
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from prvos_core.pseudo_quality import IGNORE_LABEL
+from prvos_core.labels import IGNORE_LABEL
 
 RGB = tuple[int, int, int]
 

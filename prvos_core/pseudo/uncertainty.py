@@ -4,9 +4,8 @@ The teacher gives a foreground probability p per pixel. Its uncertainty is the b
 p = 0 and p = 1 (the PRVOS seed's formula was not: `seed_entropy` keeps it for the record). Two optional
 estimates read the spread of several predictions instead: horizontal-flip test-time augmentation
 (`flip_tta`) and MC-dropout variance (`mc_dropout_variance`); both are plain functions over a prediction
-callable, so the model lives elsewhere. `predicted_foreground` and `confidence` define the hard prediction
-(p > 0.5) and its confidence max(p, 1 - p) once for refinement and quality measures. Probabilities and
-uncertainties are stored as uint8 (`quantize_unit` / `dequantize_unit`).
+callable, so the model lives elsewhere. The hard prediction (p > 0.5) and its confidence are
+`prvos_core.labels`'; the uint8 storage codec is `prvos_core.pseudo.store`'s.
 """
 
 from __future__ import annotations
@@ -58,16 +57,6 @@ def _xlogx(x: np.ndarray) -> np.ndarray:
     log = np.zeros_like(x)
     np.log(x, out=log, where=x > 0)
     return x * log
-
-
-def predicted_foreground(prob: np.ndarray) -> np.ndarray:
-    """The teacher's hard prediction, bool of the same shape: foreground where p > 0.5 (ties go to background)."""
-    return prob > 0.5
-
-
-def confidence(prob: np.ndarray) -> np.ndarray:
-    """Confidence in the predicted class, max(p, 1 - p), in [0.5, 1], same shape."""
-    return np.maximum(prob, 1.0 - prob)
 
 
 def seed_entropy(prob: Array) -> Array:
@@ -151,23 +140,3 @@ def _predict(predict_fn: PredictFn, frames: torch.Tensor) -> torch.Tensor:
     if tuple(prob.shape) != expected:
         raise ValueError(f"predict_fn must return (N, H, W) = {expected} probabilities, got {tuple(prob.shape)}")
     return prob
-
-
-def quantize_unit(x: np.ndarray) -> np.ndarray:
-    """Quantise values in [0, 1] to uint8 as round(x * 255); the round trip error is at most 1/510.
-
-    Values are clipped to [0, 1] first. NaN raises ValueError: it means the teacher produced non-finite
-    output, which must not be stored as a plausible label.
-    """
-    x = np.asarray(x, dtype=np.float32)
-    if np.isnan(x).any():
-        raise ValueError("cannot quantise NaN values; the prediction or uncertainty map is not finite")
-    return np.rint(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def dequantize_unit(q: np.ndarray) -> np.ndarray:
-    """Inverse of `quantize_unit`: uint8 -> float32 in [0, 1] (q / 255)."""
-    q = np.asarray(q)
-    if q.dtype != np.uint8:
-        raise ValueError(f"dequantize_unit expects uint8 codes, got {q.dtype}")
-    return q.astype(np.float32) / np.float32(255.0)

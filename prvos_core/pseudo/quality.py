@@ -1,0 +1,84 @@
+"""How good a round's pseudo-labels are, measured where ground truth exists.
+
+The teacher also predicts the frames that have a ground-truth mask; refining those predictions as if they were
+pseudo-labels and comparing with the mask gives the pseudo-label precision, recall and IoU of the foreground
+class over the kept pixels, and the coverage (kept / all pixels). The raw teacher (p > 0.5, every pixel kept)
+is measured the same way, so the gain of refinement is the difference. `prvos_core.pseudo.refine.RefineSummary` adds them
+up over a round.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from prvos_core.labels import IGNORE_LABEL, binary_mask
+
+
+@dataclass(frozen=True)
+class QualityCounts:
+    """Pixel counts of labels against ground truth, foreground = positive class; ignored pixels apart."""
+
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+    tn: int = 0
+    ignored: int = 0
+
+    def __add__(self, other: QualityCounts) -> QualityCounts:
+        return QualityCounts(
+            self.tp + other.tp, self.fp + other.fp, self.fn + other.fn, self.tn + other.tn, self.ignored + other.ignored
+        )
+
+    @property
+    def kept(self) -> int:
+        return self.tp + self.fp + self.fn + self.tn
+
+    @property
+    def total(self) -> int:
+        return self.kept + self.ignored
+
+    @property
+    def precision(self) -> float | None:
+        """tp / (tp + fp); None when nothing kept is labelled foreground."""
+        return ratio(self.tp, self.tp + self.fp)
+
+    @property
+    def recall(self) -> float | None:
+        """tp / (tp + fn) over kept pixels; None when no kept pixel is foreground in the ground truth."""
+        return ratio(self.tp, self.tp + self.fn)
+
+    @property
+    def iou(self) -> float | None:
+        """tp / (tp + fp + fn) over kept pixels; None when neither labels nor ground truth have foreground."""
+        return ratio(self.tp, self.tp + self.fp + self.fn)
+
+    @property
+    def coverage(self) -> float | None:
+        """kept / total pixels; None when there are no pixels."""
+        return ratio(self.kept, self.total)
+
+
+def ratio(numerator: int, denominator: int) -> float | None:
+    return numerator / denominator if denominator else None
+
+
+def pseudo_label_quality(label: np.ndarray, gt_mask: np.ndarray) -> QualityCounts:
+    """Counts of a label map (0 background, 1 object, 255 ignore) against a {0, 1} ground-truth mask of the same
+    shape (any, e.g. (H, W) or (T, H, W)). Only kept pixels (label != 255) enter tp/fp/fn/tn."""
+    if label.shape != gt_mask.shape:
+        raise ValueError(f"label {label.shape} and ground-truth mask {gt_mask.shape} differ in shape")
+    kept = label != IGNORE_LABEL
+    predicted = (label == 1) & kept
+    truth = gt_mask.astype(bool)
+    tp = int(np.count_nonzero(predicted & truth))
+    fp = int(np.count_nonzero(predicted & ~truth))
+    fn = int(np.count_nonzero(kept & ~predicted & truth))
+    n_kept = int(np.count_nonzero(kept))
+    return QualityCounts(tp=tp, fp=fp, fn=fn, tn=n_kept - tp - fp - fn, ignored=label.size - n_kept)
+
+
+def teacher_quality(prob: np.ndarray, gt_mask: np.ndarray) -> QualityCounts:
+    """The raw teacher against ground truth: p > 0.5 is foreground, every pixel kept."""
+    return pseudo_label_quality(binary_mask(prob), gt_mask)
