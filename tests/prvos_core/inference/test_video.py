@@ -19,7 +19,7 @@ from prvos_core.inference.video_io import open_video
 from prvos_core.model.builders import build_model
 from prvos_core.model.checkpoint import save_checkpoint
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CLIP = "ref_davis16_mini/train/JPEGImages/blackswan"
 
 

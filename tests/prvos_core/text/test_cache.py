@@ -21,7 +21,7 @@ from prvos_core.text.encoder import TextEncoder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 class CountingEncoder(TextEncoder):

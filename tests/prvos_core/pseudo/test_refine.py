@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from prvos_core.config import RefineSection
-from prvos_core.errors import ConfigError
 from prvos_core.labels import IGNORE_LABEL
 from prvos_core.pseudo.refine import refine_expression
 from prvos_core.pseudo.thresholds import ConfidenceHistogram, Thresholds, choose_thresholds
@@ -261,8 +260,3 @@ def test_frames_whose_object_area_disagrees_with_the_annotated_frames_are_reject
     assert _refine(prob, loose, uncertainty, gt={0: gt_mask}).pseudo_frames == (1, 2, 3)
     # Without GT there is no reference area: nothing is rejected for its area.
     assert _refine(prob, RefineSection(frames_per_expression=4), uncertainty).pseudo_frames == (0, 1, 2, 3)
-
-
-def test_area_bounds_are_checked():
-    with pytest.raises(ConfigError, match="min_area_ratio"):
-        RefineSection(min_area_ratio=3.0, max_area_ratio=2.0)
