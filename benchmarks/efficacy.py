@@ -39,6 +39,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from benchmarks.common import markdown_table, write_result  # noqa: E402
+from pipelines.run_store import EVALUATE, REFINE, TRAIN, stage_name  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS: dict[str, list[str]] = {
@@ -138,8 +139,8 @@ def run_variants(base: list[str], run_root: Path, run_id: str, only: list[str],
                  seen_work: Path | None = None) -> dict[str, dict]:  # fmt: skip
     """Run each variant in turn in one run folder; return {variant: {stage: metrics}} (and, with `seen`, the last
     student's scores on the train videos)."""
-    from pipelines.pipeline import run_pipeline, stage_plan
-    from pipelines.run_store import RunStore
+    from pipelines.pipeline import run_pipeline
+    from pipelines.run_store import RunStore, stage_plan
     from prvos_core.config import load_config
 
     results = {}
@@ -159,7 +160,7 @@ def run_variants(base: list[str], run_root: Path, run_id: str, only: list[str],
             seen = seen_work / "data"
             if not seen.exists():
                 seen_dataset(Path(config.data.root), seen)
-            checkpoint = str(Path(store.run_dir) / f"r{config.rounds}-train" / "checkpoint")
+            checkpoint = str(Path(store.run_dir) / stage_name(TRAIN, config.rounds) / "checkpoint")
             size = tuple(config.model.input_size or (64, 64))
             results[variant]["seen"] = score_seen(seen, checkpoint, size, seen_work)
             print(f"{run_id} {variant}: seen-video J&F {results[variant]['seen']['JF']:.3f}", flush=True)
@@ -175,10 +176,10 @@ def rows_of(seed_results: dict[int, dict[str, dict]], variants: list[str]) -> li
         for round_index in range(rounds + 1):
             cells = [LABELS[variant], str(round_index)]
             for key in ("J", "F", "JF"):
-                values = [r[variant]["stages"][f"r{round_index}-evaluate"][key] for r in seed_results.values()]
+                values = [r[variant]["stages"][stage_name(EVALUATE, round_index)][key] for r in seed_results.values()]
                 cells.append(_spread(values))
             for key in PSEUDO_KEYS:
-                stage = f"r{round_index}-refine"
+                stage = stage_name(REFINE, round_index)
                 values = [
                     r[variant]["stages"][stage][key]
                     for r in seed_results.values()
@@ -197,9 +198,9 @@ def summary_lines(seed_results: dict[int, dict[str, dict]]) -> list[str]:
         if "full" not in results or "gt_only" not in results:
             continue
         last = results["full"]["rounds"]
-        final = {v: results[v]["stages"][f"r{last}-evaluate"]["JF"] for v in results}
+        final = {v: results[v]["stages"][stage_name(EVALUATE, last)]["JF"] for v in results}
         finals[seed] = final
-        refine0 = results["full"]["stages"]["r0-refine"]
+        refine0 = results["full"]["stages"][stage_name(REFINE, 0)]
         lines.append(
             f"- seed {seed}: round-{last} J&F (c) {final['full']:.3f} vs (a) {final['gt_only']:.3f} "
             f"({100 * (final['full'] - final['gt_only']):+.1f} points), (d) {final.get('full_gt', float('nan')):.3f}: "
@@ -235,7 +236,7 @@ def seen_lines(seed_results: dict[int, dict[str, dict]], variants: list[str]) ->
     for variant in variants:
         for seed, results in sorted(seed_results.items()):
             result = results[variant]
-            valid = result["stages"][f"r{result['rounds']}-evaluate"]["JF"]
+            valid = result["stages"][stage_name(EVALUATE, result["rounds"])]["JF"]
             rows.append([LABELS[variant], str(seed), f"{result['seen']['JF']:.3f}", f"{valid:.3f}",
                          f"{result['seen']['JF'] - valid:+.3f}"])  # fmt: skip
     return [

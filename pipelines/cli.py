@@ -143,13 +143,13 @@ def resume(
 
     Every committed stage is first re-checked against the checksums in its marker; a damaged one runs again
     (and so does what depends on it, where its new bytes differ)."""
-    from pipelines.run_store import open_run
+    from pipelines.run_store import CONFIG_FILE, open_run
     from prvos_core.config import config_from_dict
 
     store = open_run(_run_folder(run))
     raw = store.read_config_dict()
     raw.setdefault("run", {})["root"] = store.root
-    config = config_from_dict(raw, source=f"{store.run_dir}/config.yaml")
+    config = config_from_dict(raw, source=f"{store.run_dir}/{CONFIG_FILE}")
     _run(config, store.run_id, None, address, tracking_uri, verify="hashes")
 
 
@@ -185,12 +185,13 @@ def status(
     ] = False,
 ) -> None:
     """Show runs, or one run's rounds and stages with state, duration and key metrics."""
+    # Reads config and markers only: this path imports no torch, Ray or stage (tests/pipelines/test_cli.py).
     from pipelines.report import status_table
-    from pipelines.run_store import open_run
+    from pipelines.run_store import CONFIG_FILE, open_run
 
     out = Console()
     if run is None:
-        runs = sorted(p.name for p in root.iterdir() if (p / "config.yaml").is_file()) if root.is_dir() else []
+        runs = sorted(p.name for p in root.iterdir() if (p / CONFIG_FILE).is_file()) if root.is_dir() else []
         if not runs:
             out.print(f"no runs under {root}")
         for name in runs:
@@ -204,8 +205,8 @@ def status(
 
 def _verify(store, out: Console) -> None:
     """Print every damaged file of the run's committed stages; exit 1 when there is any."""
-    from pipelines.pipeline import stage_plan
-    from pipelines.runner import verify_run
+    from pipelines.integrity import verify_run
+    from pipelines.run_store import stage_plan
     from prvos_core.config import config_from_dict
 
     plan = stage_plan(config_from_dict(store.read_config_dict()))
@@ -231,11 +232,9 @@ def ui(
     """Start the MLflow UI on 127.0.0.1 over the run store's tracking database."""
     import subprocess
 
-    database = root.resolve() / "mlflow.db"
-    if not database.is_file():
-        raise UserError(f"{database} not found; run a pipeline first or pass --root")
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{database}",
-               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    from pipelines.lineage import ui_command
+
+    command = ui_command(root, port)
     typer.echo(f"MLflow UI on http://127.0.0.1:{port} (Ctrl-C stops it)")
     raise typer.Exit(subprocess.call(command))
 

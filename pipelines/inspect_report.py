@@ -22,14 +22,15 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.round_plot import plot_rounds, round_rows
-from pipelines.run_store import RunStore, open_run
+from pipelines.lineage import log_report
+from pipelines.report import plot_rounds, round_rows
+from pipelines.run_store import INFER, INGEST, REFINE, RunStore, open_run, stage_name
 from prvos_core import storage
 from prvos_core.config import PrvosConfig, config_from_dict
 from prvos_core.data.frames import decode_frame, read_object_mask
 from prvos_core.data.layout import SplitPaths, write_json
 from prvos_core.data.manifest import Expression, Video, read_manifest
-from prvos_core.errors import StorageError, UserError
+from prvos_core.errors import UserError
 from prvos_core.pseudo.store import (
     FrameDecision,
     open_store,
@@ -76,7 +77,7 @@ def build_report(run: str | Path, round_index: int, *, expression_id: str | None
     store = open_run(str(run))
     config = config_from_dict(store.read_config_dict())
     infer, refine = _round_markers(store, config, round_index)
-    manifest = read_manifest(os.path.dirname(_marker(store, "ingest").outputs["videos"]))
+    manifest = read_manifest(os.path.dirname(_marker(store, stage_name(INGEST)).outputs["videos"]))
     expressions = {e.expression_id: e for e in manifest.split_expressions(config.data.train_split)}
     videos = {(v.split, v.video_id): v for v in manifest.videos}
     chosen = _choose(read_index(infer.outputs["index"]), expressions, videos, expression_id, count)
@@ -106,7 +107,7 @@ def build_report(run: str | Path, round_index: int, *, expression_id: str | None
             "seconds": round(time.perf_counter() - started, 3),
         })  # fmt: skip
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-    logged = _log_to_mlflow(store, folder) if log_to_mlflow else None
+    logged = log_report(store, folder) if log_to_mlflow else None
     ids = tuple(c.expression.expression_id for c in chosen)
     return InspectReport(folder, round_index, ids, tuple(pictures), size, logged)
 
@@ -127,7 +128,7 @@ def _round_markers(store: RunStore, config: PrvosConfig, round_index: int):
     if not 0 <= round_index < config.rounds:
         choice = "0" if config.rounds == 1 else f"from 0 to {config.rounds - 1}"
         raise UserError(f"round {round_index} has no pseudo-labels in {store.run_dir}; pick --round {choice}")
-    return _marker(store, f"r{round_index}-infer"), _marker(store, f"r{round_index}-refine")
+    return _marker(store, stage_name(INFER, round_index)), _marker(store, stage_name(REFINE, round_index))
 
 
 def _default_out(store: RunStore, round_index: int, expression_id: str | None) -> Path:
@@ -308,28 +309,3 @@ def _page(store: RunStore, config: PrvosConfig, round_index: int, summary: dict,
         + "".join(sections)
         + "</body></html>\n"
     )
-
-
-# --- output -------------------------------------------------------------------------------------------------
-
-
-def _log_to_mlflow(store: RunStore, folder: Path) -> str | None:
-    """Log the report folder under `inspect/<folder name>` of the run's MLflow parent run (kept in
-    `<run>/mlflow.json` by pipelines.lineage); None when the run was never tracked."""
-    from pipelines.lineage import STATE_FILE
-
-    state_uri = storage.join(store.run_dir, STATE_FILE)
-    if not storage.exists(state_uri):
-        return None
-    state = storage.read_json(state_uri)
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    artifact_path = f"inspect/{folder.name}"
-    try:
-        MlflowClient(state["tracking_uri"]).log_artifacts(state["parent"], str(folder), artifact_path=artifact_path)
-    except (MlflowException, OSError, KeyError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise StorageError(f"report written to {folder}, but logging it to MLflow failed ({first})") from None
-    return artifact_path

@@ -15,11 +15,13 @@ import os
 import posixpath
 from dataclasses import dataclass
 
+from pipelines.run_store import MARKER, RunStore
 from prvos_core import storage
+from prvos_core.errors import StorageError
 
 BLOCK = 1 << 20
 # Written by the runner after the checksums are taken, or transient files of an atomic write.
-IGNORED_NAMES = ("_COMMITTED.json",)
+IGNORED_NAMES = (MARKER,)
 IGNORED_SUFFIXES = (".partial",)
 
 
@@ -106,3 +108,20 @@ def verify(stage: str, folder: str, recorded: dict[str, list], *, hashes: bool) 
         elif hashes and file_hash(storage.join(folder, path)) != digest:
             damage.append(Damage(stage, path, "content changed (hash differs)"))
     return damage
+
+
+def verify_run(store: RunStore, stages: list[str], *, hashes: bool = True) -> dict[str, list[Damage]]:
+    """Stage -> its damaged files, for every committed stage of `stages` (an unreadable marker is damage too).
+    Stages committed before markers carried checksums have nothing to check against and count as intact."""
+    found = {}
+    for stage in stages:
+        try:
+            marker = store.read_marker(stage)
+        except StorageError as error:
+            found[stage] = [Damage(stage, MARKER, f"unreadable ({error})")]
+            continue
+        if marker is not None:
+            damage = verify(stage, store.stage_dir(stage), marker.files, hashes=hashes)
+            if damage:
+                found[stage] = damage
+    return found

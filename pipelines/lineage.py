@@ -10,6 +10,9 @@ Tracking store: `--tracking-uri`, else `MLFLOW_TRACKING_URI`, else SQLite under 
 server the database is `./mlflow.db` on the driver's machine (a warning says so); on a cluster, point
 `--tracking-uri` at an MLflow server. Artifacts go to `<run.root>/mlartifacts` either way (S3 through boto3,
 endpoint and credentials from the AWS_* environment variables).
+
+The only module of `pipelines` that touches MLflow (a test says so): `prvos inspect` logs its report through
+`log_report`, and `prvos ui` serves the run store's database with `ui_command`.
 """
 
 from __future__ import annotations
@@ -17,19 +20,22 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
-from pipelines.run_store import RunStore
+from pipelines.run_store import RunStore, split_stage
 from prvos_core import storage
 from prvos_core.config import PrvosConfig
+from prvos_core.errors import StorageError, UserError
 from stages.result import StageResult
 
 log = logging.getLogger("prvos")
 
 STATE_FILE = "mlflow.json"
+DATABASE_FILE = "mlflow.db"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-. /]")
 _SMALL_ARTIFACT_BYTES = 1 << 20
 
@@ -39,8 +45,8 @@ def default_tracking_uri(run_root: str) -> str:
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     if storage.is_local(run_root):
-        return f"sqlite:///{os.path.abspath(os.path.join(run_root, 'mlflow.db'))}"
-    database = os.path.abspath("mlflow.db")
+        return f"sqlite:///{os.path.abspath(os.path.join(run_root, DATABASE_FILE))}"
+    database = os.path.abspath(DATABASE_FILE)
     log.warning(
         "lineage: run.root %s is remote and no MLflow server is given: tracking in %s on this machine "
         "(artifacts under %s); pass --tracking-uri or set MLFLOW_TRACKING_URI to share it",
@@ -117,7 +123,7 @@ class Lineage:
         self.client.set_terminated(run.info.run_id, status="FINISHED")
         if round_index is not None:
             summary = [
-                Metric(metric_name(f"{name.split('-', 1)[1]}.{k}"), float(v), 0, 0) for k, v in result.metrics.items()
+                Metric(metric_name(f"{split_stage(name)[1]}.{k}"), float(v), 0, 0) for k, v in result.metrics.items()
             ]
             self.client.log_batch(self._round(round_index), metrics=summary)
 
@@ -217,6 +223,35 @@ class Lineage:
 
     def _save(self) -> None:
         storage.write_json(self.state_uri, self.state)
+
+
+def log_report(store: RunStore, folder: Path) -> str | None:
+    """Log a report folder under `inspect/<folder name>` of the run's MLflow parent run (kept in
+    `<run>/mlflow.json`); the artifact path, or None when the run was never tracked."""
+    state_uri = storage.join(store.run_dir, STATE_FILE)
+    if not storage.exists(state_uri):
+        return None
+    state = storage.read_json(state_uri)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    artifact_path = f"inspect/{folder.name}"
+    try:
+        MlflowClient(state["tracking_uri"]).log_artifacts(state["parent"], str(folder), artifact_path=artifact_path)
+    except (MlflowException, OSError, KeyError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise StorageError(f"report written to {folder}, but logging it to MLflow failed ({first})") from None
+    return artifact_path
+
+
+def ui_command(run_root: Path, port: int) -> list[str]:
+    """The command that serves the MLflow UI on 127.0.0.1 (never all interfaces) over `<run_root>/mlflow.db`."""
+    database = run_root.resolve() / DATABASE_FILE
+    if not database.is_file():
+        raise UserError(f"{database} not found; run a pipeline first or pass --root")
+    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{database}",
+            "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
 
 
 def _expressions_frame(manifest):

@@ -17,7 +17,19 @@ from pathlib import Path
 
 from pipelines.fingerprint import dataset_fingerprint, fingerprint
 from pipelines.lineage import Lineage
-from pipelines.run_store import RunStore, new_run_id
+from pipelines.run_store import (
+    INFER,
+    INGEST,
+    REFINE,
+    STAGE_KINDS,
+    TEXT,
+    TRAIN,
+    RunStore,
+    new_run_id,
+    split_stage,
+    stage_name,
+    stage_plan,
+)
 from pipelines.runner import StageOutcome, Verify, run_stage
 from prvos_core import storage
 from prvos_core.config import PrvosConfig
@@ -27,28 +39,6 @@ from stages import evaluate, infer, ingest, refine, text, train
 from stages.result import StageResult
 
 log = logging.getLogger("prvos")
-
-STAGE_KINDS = ("ingest", "text", "train", "infer", "refine", "evaluate")
-
-
-def stage_plan(config: PrvosConfig) -> list[str]:
-    """Stage folder names in execution order."""
-    names = ["ingest", "text"]
-    for round_index in range(config.rounds):
-        names.append(f"r{round_index}-train")
-        if config.pseudo_labels:
-            names += [f"r{round_index}-infer", f"r{round_index}-refine"]
-    names.append(f"r{config.rounds}-train")
-    names += [f"r{round_index}-evaluate" for round_index in range(config.rounds + 1)]
-    return names
-
-
-def split_stage(name: str) -> tuple[int | None, str]:
-    """'r1-train' -> (1, 'train'); 'ingest' -> (None, 'ingest')."""
-    if name.startswith("r") and "-" in name:
-        head, kind = name.split("-", 1)
-        return int(head[1:]), kind
-    return None, name
 
 
 @dataclass
@@ -163,7 +153,7 @@ class _Context:
         self.lineage.log_manifest(self.result(name).outputs)
 
     def _text(self, name: str, round_index: None) -> None:
-        manifest = self.result("ingest")
+        manifest = self.result(stage_name(INGEST))
 
         def work(folder: str, stage_fingerprint: str) -> StageResult:
             inputs = text.TextInputs(_folder(manifest), folder, stage_fingerprint)
@@ -173,14 +163,14 @@ class _Context:
 
     def _train(self, name: str, round_index: int) -> None:
         config = self.config
-        manifest, text_cache = self.result("ingest"), self.result("text")
+        manifest, text_cache = self.result(stage_name(INGEST)), self.result(stage_name(TEXT))
         inputs = {"ingest": manifest.fingerprint, "text": text_cache.fingerprint}
         refined_store = init_checkpoint = None
         if round_index > 0 and config.pseudo_labels:
-            refined = self.result(f"r{round_index - 1}-refine")
+            refined = self.result(stage_name(REFINE, round_index - 1))
             inputs["refine"], refined_store = refined.fingerprint, refined.outputs["refined"]
         if round_index > 0 and config.train.init == "previous":
-            previous = self.result(f"r{round_index - 1}-train")
+            previous = self.result(stage_name(TRAIN, round_index - 1))
             inputs["previous"], init_checkpoint = previous.fingerprint, previous.outputs["checkpoint"]
         section = {
             "train": config.section("train"),
@@ -218,8 +208,8 @@ class _Context:
     def _run_model(self, name: str, round_index: int, module, section: str, split: str) -> None:
         """infer and evaluate: round r's checkpoint run over every expression of a split on Ray Data."""
         config = self.config
-        manifest, text_cache = self.result("ingest"), self.result("text")
-        student = self.result(f"r{round_index}-train")
+        manifest, text_cache = self.result(stage_name(INGEST)), self.result(stage_name(TEXT))
+        student = self.result(stage_name(TRAIN, round_index))
         inputs = {"ingest": manifest.fingerprint, "text": text_cache.fingerprint, "train": student.fingerprint}
         inputs_class = module.InferInputs if module is infer else module.EvaluateInputs
 
@@ -241,7 +231,7 @@ class _Context:
 
     def _refine(self, name: str, round_index: int) -> None:
         config = self.config
-        manifest, pseudo = self.result("ingest"), self.result(f"r{round_index}-infer")
+        manifest, pseudo = self.result(stage_name(INGEST)), self.result(stage_name(INFER, round_index))
         section = {"refine": config.section("refine"), "split": config.data.train_split}
 
         def work(folder: str, stage_fingerprint: str) -> StageResult:

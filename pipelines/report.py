@@ -1,22 +1,66 @@
-"""Tables for people: a run's stages (`prvos status`) and the round curve (`prvos demo`)."""
+"""A run for people, from its stages' commit markers: the stages table (`prvos status`), the round curve
+(`prvos demo`), and the rounds side by side as a table and a plot of the student's J&F and the pseudo-label
+precision and coverage each round's teacher produced (`prvos inspect`).
+
+Reads markers only: no torch, Ray or stage module is imported here (matplotlib only when a plot is drawn).
+"""
 
 from __future__ import annotations
+
+import math
+from pathlib import Path
 
 from rich.table import Table
 
 from pipelines.lock import lock_holder
-from pipelines.pipeline import split_stage, stage_plan
-from pipelines.run_store import RunStore
-from prvos_core.config import config_from_dict
+from pipelines.run_store import (
+    EVALUATE,
+    INFER,
+    INGEST,
+    REFINE,
+    TEXT,
+    TRAIN,
+    RunStore,
+    split_stage,
+    stage_name,
+    stage_plan,
+)
+from prvos_core.config import PrvosConfig, config_from_dict
 
 KEY_METRICS = {
-    "ingest": ("videos", "expressions", "quarantined"),
-    "text": ("texts", "encoded"),
-    "train": ("loss", "clips_per_second", "start_epoch"),
-    "infer": ("expressions", "frames_per_second", "bytes_per_frame"),
-    "refine": ("pseudo_precision_full", "teacher_precision_full", "pseudo_coverage_full", "kept_ratio"),
-    "evaluate": ("JF", "J", "F"),
+    INGEST: ("videos", "expressions", "quarantined"),
+    TEXT: ("texts", "encoded"),
+    TRAIN: ("loss", "clips_per_second", "start_epoch"),
+    INFER: ("expressions", "frames_per_second", "bytes_per_frame"),
+    REFINE: ("pseudo_precision_full", "teacher_precision_full", "pseudo_coverage_full", "kept_ratio"),
+    EVALUATE: ("JF", "J", "F"),
 }
+# (column title, stage kind, metric key); every value comes from that stage's marker of the row's round.
+COLUMNS = (
+    ("student J&F", EVALUATE, "JF"),
+    ("J", EVALUATE, "J"),
+    ("F", EVALUATE, "F"),
+    ("P@0.5", EVALUATE, "P0.5"),
+    ("train loss", TRAIN, "loss"),
+    ("teacher precision", REFINE, "teacher_precision"),
+    ("pseudo precision", REFINE, "pseudo_precision"),
+    ("pseudo recall", REFINE, "pseudo_recall"),
+    ("pseudo coverage", REFINE, "pseudo_coverage"),
+    ("pseudo precision (full)", REFINE, "pseudo_precision_full"),
+    ("pseudo coverage (full)", REFINE, "pseudo_coverage_full"),
+    ("threshold fg", REFINE, "threshold_fg"),
+    ("threshold bg", REFINE, "threshold_bg"),
+    ("frames kept", REFINE, "frames_pseudo_labelled"),
+    ("frames rejected", REFINE, "frames_rejected"),
+)
+# Plotted lines: (label, stage kind, metric key, line style).
+LINES = (
+    ("student J&F (valid)", EVALUATE, "JF", "-"),
+    ("pseudo precision (GT frames)", REFINE, "pseudo_precision", "-"),
+    ("pseudo coverage (GT frames)", REFINE, "pseudo_coverage", "-"),
+    ("pseudo precision (full masks)", REFINE, "pseudo_precision_full", "--"),
+    ("pseudo coverage (full masks)", REFINE, "pseudo_coverage_full", "--"),
+)
 
 
 def status_table(store: RunStore) -> Table:
@@ -42,20 +86,74 @@ def status_table(store: RunStore) -> Table:
 def round_curve(store: RunStore) -> Table:
     """Per round: the student's valid J&F, and the pseudo-label quality its teacher produced."""
     config = config_from_dict(store.read_config_dict())
+    metrics = _metrics(store, config)
     table = Table(title="round curve (valid split; pseudo-labels on the train split)")
     for column in ("round", "student J&F", "J", "F", "pseudo precision", "teacher precision", "pseudo coverage"):
         table.add_column(column, justify="right")
     for round_index in range(config.rounds + 1):
-        evaluated = store.read_marker(f"r{round_index}-evaluate")
-        refined = store.read_marker(f"r{round_index}-refine")
+        evaluated, refined = metrics.get((round_index, EVALUATE)), metrics.get((round_index, REFINE))
         row = [str(round_index)]
-        row += [_fmt(evaluated.metrics.get(key)) if evaluated else "-" for key in ("JF", "J", "F")]
+        row += [_fmt(evaluated.get(key)) if evaluated is not None else "-" for key in ("JF", "J", "F")]
         row += [
-            _fmt(refined.metrics.get(key)) if refined else "-"
+            _fmt(refined.get(key)) if refined is not None else "-"
             for key in ("pseudo_precision_full", "teacher_precision_full", "pseudo_coverage_full")
         ]
         table.add_row(*row)
     return table
+
+
+def round_rows(store: RunStore, config: PrvosConfig) -> tuple[list[str], list[list]]:
+    """The table's header and one row per round (None where the stage has not committed or has no value)."""
+    metrics = _metrics(store, config)
+    rows = [
+        [round_index, *(metrics.get((round_index, kind), {}).get(key) for _, kind, key in COLUMNS)]
+        for round_index in range(config.rounds + 1)
+    ]
+    for row in rows:
+        for index in (-2, -1):  # frame counts read better as integers
+            row[index] = None if row[index] is None else int(row[index])
+    return ["round", *(title for title, _, _ in COLUMNS)], rows
+
+
+def plot_rounds(store: RunStore, config: PrvosConfig, path: Path) -> None:
+    """Write the plot as a PNG; lines with no value in any round are left out, the axis stays [0, 1]."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = _metrics(store, config)
+    rounds = list(range(config.rounds + 1))
+    figure, axis = plt.subplots(figsize=(7.5, 3.6), dpi=100)
+    try:
+        for label, kind, key, style in LINES:
+            values = [metrics.get((r, kind), {}).get(key, math.nan) for r in rounds]
+            if all(math.isnan(v) for v in values):
+                continue
+            axis.plot(rounds, values, style, marker="o", label=label)
+        axis.set_xlabel("round")
+        axis.set_xticks(rounds)
+        axis.set_ylim(0.0, 1.02)
+        axis.grid(alpha=0.3)
+        axis.set_title(f"run {store.run_id}: student and pseudo-label quality by round", fontsize=10)
+        if axis.lines:
+            axis.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        else:
+            axis.text(0.5, 0.5, "no round has committed metrics yet", ha="center", transform=axis.transAxes)
+        figure.savefig(path, bbox_inches="tight")
+    finally:
+        plt.close(figure)
+
+
+def _metrics(store: RunStore, config: PrvosConfig) -> dict[tuple[int, str], dict[str, float]]:
+    """(round, stage kind) -> the committed stage's metrics, for every round's train, refine and evaluate."""
+    found = {}
+    for round_index in range(config.rounds + 1):
+        for kind in (TRAIN, REFINE, EVALUATE):
+            marker = store.read_marker(stage_name(kind, round_index))
+            if marker is not None:
+                found[(round_index, kind)] = marker.metrics
+    return found
 
 
 def _fmt(value: float | None) -> str:

@@ -8,6 +8,10 @@
 A stage folder without its marker is unfinished: its contents are never taken as done. The marker's `files`
 (relative path -> [size, blake2b]) let `pipelines.integrity` find damage later; markers written before
 checksums existed have none and still load.
+
+Stage names are spelled here only: `ingest` and `text` once per run, `r<round>-<kind>` for the kinds that run
+every round (`stage_name`, `split_stage`), in the order `stage_plan` gives. This module imports neither torch,
+Ray nor a stage, so `prvos status` reads a run without them.
 """
 
 from __future__ import annotations
@@ -25,6 +29,37 @@ from prvos_core.storage import id_problem
 
 MARKER = "_COMMITTED.json"
 CONFIG_FILE = "config.yaml"
+
+INGEST, TEXT, TRAIN, INFER, REFINE, EVALUATE = "ingest", "text", "train", "infer", "refine", "evaluate"
+STAGE_KINDS = (INGEST, TEXT, TRAIN, INFER, REFINE, EVALUATE)
+ROUND_KINDS = (TRAIN, INFER, REFINE, EVALUATE)  # one folder per round: r<round>-<kind>
+
+
+def stage_name(kind: str, round_index: int | None = None) -> str:
+    """A stage's folder name: (INGEST) -> 'ingest'; (TRAIN, 1) -> 'r1-train'."""
+    assert kind in STAGE_KINDS and (round_index is None) == (kind not in ROUND_KINDS), (kind, round_index)
+    return kind if round_index is None else f"r{round_index}-{kind}"
+
+
+def split_stage(name: str) -> tuple[int | None, str]:
+    """The inverse of `stage_name`: 'r1-train' -> (1, 'train'); 'ingest' -> (None, 'ingest')."""
+    if name.startswith("r") and "-" in name:
+        head, kind = name.split("-", 1)
+        return int(head[1:]), kind
+    return None, name
+
+
+def stage_plan(config: PrvosConfig) -> list[str]:
+    """Stage folder names in execution order:
+    ingest -> text -> [r-train -> r-infer -> r-refine] for r < rounds -> final train -> evaluate every student."""
+    names = [stage_name(INGEST), stage_name(TEXT)]
+    for round_index in range(config.rounds):
+        names.append(stage_name(TRAIN, round_index))
+        if config.pseudo_labels:
+            names += [stage_name(INFER, round_index), stage_name(REFINE, round_index)]
+    names.append(stage_name(TRAIN, config.rounds))
+    names += [stage_name(EVALUATE, round_index) for round_index in range(config.rounds + 1)]
+    return names
 
 
 @dataclass(frozen=True)

@@ -80,19 +80,3 @@ def run_stage(
     changed = marker is None or not marker.files or integrity.results(files) != integrity.results(marker.files)
     return StageOutcome(StageResult(stage, result.outputs, result.metrics, fingerprint), True, changed, tuple(damage))
 
-
-def verify_run(store: RunStore, stages: list[str], *, hashes: bool = True) -> dict[str, list[integrity.Damage]]:
-    """Stage -> its damaged files, for every committed stage of `stages` (an unreadable marker is damage too).
-    Stages committed before markers carried checksums have nothing to check against and count as intact."""
-    found = {}
-    for stage in stages:
-        try:
-            marker = store.read_marker(stage)
-        except StorageError as error:
-            found[stage] = [integrity.Damage(stage, "_COMMITTED.json", f"unreadable ({error})")]
-            continue
-        if marker is not None:
-            damage = integrity.verify(stage, store.stage_dir(stage), marker.files, hashes=hashes)
-            if damage:
-                found[stage] = damage
-    return found

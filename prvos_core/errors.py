@@ -26,3 +26,10 @@ class StorageError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint is missing, corrupt or belongs to another model."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of an exception's message (its type name when it has none), for one-line errors
+    that quote what a library said."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from prvos_core.errors import StorageError
+from prvos_core.errors import StorageError, first_line
 
 # Ids become folder and file names in run stores and object stores: keep them to a portable alphabet.
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -181,7 +181,7 @@ def read_parquet(uri: str) -> pa.Table:
     except FileNotFoundError:
         raise StorageError(f"{uri}: not found; run the stage that writes it first") from None
     except (pa.ArrowInvalid, OSError) as error:  # a damaged page surfaces as OSError ("Couldn't deserialize")
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = first_line(error)
         raise StorageError(f"{uri}: not a valid Parquet file ({reason}); re-run its stage") from None
 
 

@@ -9,6 +9,7 @@ Three tables live in the ingest stage's folder:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from functools import cached_property
 
 import pyarrow as pa
 
@@ -102,10 +103,18 @@ class Manifest:
     quarantine: tuple[QuarantineRow, ...]
 
     def video(self, video_id: str, split: str) -> Video:
-        for video in self.videos:
-            if video.video_id == video_id and video.split == split:
-                return video
-        raise KeyError(f"video {video_id!r} of split {split!r} is not in the manifest")
+        try:
+            return self._videos_by_key[(split, video_id)]
+        except KeyError:
+            raise KeyError(f"video {video_id!r} of split {split!r} is not in the manifest") from None
+
+    def video_of(self, expression: Expression) -> Video:
+        """The video an expression refers to."""
+        return self.video(expression.video_id, expression.split)
+
+    @cached_property
+    def _videos_by_key(self) -> dict[tuple[str, str], Video]:
+        return {(video.split, video.video_id): video for video in self.videos}
 
     def split_expressions(self, split: str) -> list[Expression]:
         return [expression for expression in self.expressions if expression.split == split]

@@ -6,7 +6,7 @@ Rules (one quarantine row per rejected item, the rest goes on):
 - masks that do not read, have colours outside the palette, or differ in size from their frame;
 - expressions with unsafe object ids, non-string, empty, over-long or non-UTF-8 text, an object that is not in
   meta.json, an object that appears in no usable mask of its video, or a duplicate (same object, same text);
-- videos with an unsafe id (dataset_source) or no usable frame.
+- videos with an unsafe id (`data.source`) or no usable frame.
 
 Ground-truth frames of an expression are the annotated frames that show its object: a mask without the
 object's id is not taken as "object absent", because sparse datasets label one new object per mask.

@@ -3,7 +3,8 @@
 Frames are decoded and resized lazily, one at a time, and the model propagates frame by frame from the first
 frame (its ground-truth mask when asked and available, else the model's own prediction). Nothing here is
 random and the model runs in eval mode, so the same checkpoint, inputs, device and thread count give the
-same probabilities bit for bit.
+same probabilities bit for bit. `Predictor` bundles what a worker of teacher inference or evaluation holds (the
+weights, the text cache in memory, the split's records) and runs without Ray.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ import torch
 from prvos_core import storage
 from prvos_core.data.frames import decode_frame, decode_reduction, read_object_mask, resize_frame, resize_map
 from prvos_core.data.layout import SplitPaths
-from prvos_core.data.manifest import Expression, Video
-from prvos_core.errors import UserError
+from prvos_core.data.manifest import Expression, Manifest, Video, read_manifest
+from prvos_core.errors import DataError, UserError
 from prvos_core.inference.propagation import iter_propagate
 from prvos_core.model.checkpoint import EMA_FILE, MODEL_FILE, load_checkpoint, read_checkpoint_meta
 from prvos_core.model.urvos import URVOS
+from prvos_core.text.cache import TextCache, TextNotCachedError
 
 Weights = Literal["ema", "student"]
 
@@ -122,3 +124,67 @@ def predict_expression(
 def upsample_prob(prob: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(h, w) float32 probability -> (H, W) at the original frame size `size` (bilinear)."""
     return cv2.resize(prob, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+
+
+def check_prediction_inputs(
+    manifest_dir: str, split: str, checkpoint: str, text_cache: str, text_identity: str
+) -> tuple[Manifest, list[Expression]]:
+    """The manifest and the split's expressions, once the checks a fleet of predictors needs before it starts
+    have passed, each failing in one line: the split has expressions, the checkpoint is a checkpoint, every
+    expression's text is cached."""
+    manifest = read_manifest(manifest_dir)
+    expressions = manifest.split_expressions(split)
+    if not expressions:
+        raise DataError(f"split {split!r} has no expressions in the manifest {manifest_dir}")
+    read_checkpoint_meta(checkpoint)
+    cache = TextCache(text_cache, text_identity)
+    missing = sorted({e.text for e in expressions if e.text not in cache})
+    if missing:
+        raise TextNotCachedError(missing[0], len(missing), cache.location)
+    return manifest, expressions
+
+
+class Predictor:
+    """A checkpoint ready to label a split's expressions: its weights on a device (in eval mode), the text cache
+    in memory and the manifest's records of the split. Each actor of the infer and evaluate pools holds one."""
+
+    def __init__(
+        self,
+        checkpoint: str,
+        weights: Weights,
+        text_cache: str,
+        text_identity: str,
+        manifest_dir: str,
+        split: str,
+        *,
+        device: torch.device | None = None,
+        memory_frames: int = 4,
+    ) -> None:
+        self.model = load_predictor(checkpoint, weights, device or torch.device("cpu"))
+        self.text = TextCache(text_cache, text_identity).load_all()
+        manifest = read_manifest(manifest_dir)
+        self.expressions = {e.expression_id: e for e in manifest.split_expressions(split)}
+        self.videos = {(v.split, v.video_id): v for v in manifest.videos}
+        self.memory_frames = memory_frames
+
+    def records(self, expression_id: str) -> tuple[Expression, Video]:
+        """The expression of the split and its video."""
+        expression = self.expressions[expression_id]
+        return expression, self.videos[(expression.split, expression.video_id)]
+
+    def predict(
+        self, expression: Expression, video: Video, input_size: tuple[int, int], *, first_mask_from_gt: bool
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """(frame index, foreground probability (h, w) float32 at `input_size`) for every frame of the video,
+        from the expression's cached token features (`predict_expression`)."""
+        words, word_mask = self.text.lookup([expression.text])
+        return predict_expression(
+            self.model,
+            video,
+            expression,
+            words[0],
+            word_mask[0],
+            input_size,
+            first_mask_from_gt=first_mask_from_gt,
+            memory_frames=self.memory_frames,
+        )

@@ -24,7 +24,7 @@ import torch
 import torchvision
 from torch import nn
 
-from prvos_core.errors import CheckpointError
+from prvos_core.errors import CheckpointError, first_line
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -143,8 +143,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return safetensors.torch.load_file(path)
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (safetensors.SafetensorError, pickle.UnpicklingError, OSError, RuntimeError, EOFError) as error:
-        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise CheckpointError(f"weights file {path} is unreadable ({first_line}); re-export the state dict") from None
+        raise CheckpointError(
+            f"weights file {path} is unreadable ({first_line(error)}); re-export the state dict"
+        ) from None
     if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
         raise CheckpointError(f"weights file {path} is not a plain state dict of tensors; save model.state_dict()")
     return state
@@ -178,4 +179,4 @@ def describe_key_mismatch(missing: list[str], unexpected: list[str], shown: int 
 def _first_size_mismatch(error: RuntimeError) -> str:
     """The first 'size mismatch for ...' line of a load_state_dict error, as one line."""
     lines = [line.strip() for line in str(error).splitlines() if "size mismatch" in line]
-    return lines[0] if lines else str(error).splitlines()[0]
+    return lines[0] if lines else first_line(error)

@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import load as tensors_from_bytes
 
 from prvos_core import storage
-from prvos_core.errors import CheckpointError, StorageError
+from prvos_core.errors import CheckpointError, StorageError, first_line
 from prvos_core.model.backbones import load_state_dict_strict
 from prvos_core.model.builders import build_model
 from prvos_core.model.ema import EmaTeacher
@@ -194,8 +194,7 @@ def _read_tensors(path: str) -> dict[str, torch.Tensor]:
             return safetensors.torch.load_file(path)  # memory-mapped
         return tensors_from_bytes(storage.read_bytes(path))  # safetensors: no pickle
     except (safetensors.SafetensorError, StorageError, OSError) as error:
-        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise CheckpointError(f"{path} is corrupt ({first_line}); save the checkpoint again") from None
+        raise CheckpointError(f"{path} is corrupt ({first_line(error)}); save the checkpoint again") from None
 
 
 def _cpu_tensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

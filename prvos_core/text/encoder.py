@@ -23,7 +23,7 @@ import torch
 from safetensors import SafetensorError
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from prvos_core.errors import ConfigError
+from prvos_core.errors import ConfigError, first_line
 
 # Token count of the PRVOS seed (DistilBERT, 20 tokens including [CLS] and [SEP]).
 DEFAULT_MAX_TOKENS = 20
@@ -133,9 +133,8 @@ class TextEncoder:
             tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
             model = AutoModel.from_pretrained(model_dir, local_files_only=True)
         except (OSError, ValueError, SafetensorError) as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ConfigError(
-                f"text encoder {model_dir}: transformers cannot load it ({first_line}); "
+                f"text encoder {model_dir}: transformers cannot load it ({first_line(error)}); "
                 "re-save the model folder with save_pretrained()"
             ) from None
         return cls(model, tokenizer, model_dir, max_tokens=max_tokens, device=device)

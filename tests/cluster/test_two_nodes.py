@@ -42,7 +42,7 @@ def test_pipeline_on_two_nodes_with_the_run_store_on_s3(ray_cluster, s3_env, tmp
     assert "tracking in" in driver.stderr, "the driver says where MLflow tracking went"
 
     run_dir = storage.join(root, "two-nodes")
-    from pipelines.pipeline import stage_plan
+    from pipelines.run_store import stage_plan
     from prvos_core.config import config_from_dict
 
     plan = stage_plan(config_from_dict(raw))

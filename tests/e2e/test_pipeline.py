@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.pipeline import run_pipeline, stage_plan
+from pipelines.pipeline import run_pipeline
+from pipelines.run_store import stage_plan
 from prvos_core.config import config_from_dict
 
 

@@ -67,6 +67,51 @@ def test_ingest_from_the_cli_then_rerun_skips(shared_data, tmp_path):
     assert status.returncode == 0 and "committed" in status.stdout and "ingest" in status.stdout
 
 
+# `prvos status` in a process where torch, Ray, MLflow and the stages cannot be imported; the blocker notes every
+# attempt, so an optional import that a library swallows is caught too.
+STATUS_WITHOUT_HEAVY_IMPORTS = """
+import sys
+attempts = []
+class Blocker:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in {'torch', 'ray', 'mlflow', 'stages'}:
+            attempts.append(name)
+            raise ImportError(f'blocked import of {name}')
+        return None
+sys.meta_path.insert(0, Blocker())
+sys.argv = ['prvos', 'status', *sys.argv[1:]]
+from pipelines.cli import main
+try:
+    main()
+finally:
+    print('blocked imports:', sorted(set(attempts)), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("verify", [[], ["--verify"]])
+def test_status_reads_markers_without_torch_ray_or_stages(tmp_path, verify):
+    from pipelines.run_store import RunStore, StageMarker
+    from prvos_core.config import config_from_dict
+
+    config = config_from_dict({"name": "t", "run": {"root": str(tmp_path)}, "data": {"root": str(tmp_path / "d")}})
+    store = RunStore(str(tmp_path), "light")
+    store.write_config(config)
+    for stage, metrics in (("ingest", {"videos": 3.0, "expressions": 6.0}), ("text", {"texts": 6.0})):
+        store.write_marker(StageMarker(stage, "fp", {}, metrics, "2025-01-01T00:00:00", "2025-01-01T00:00:01", 1.5))
+    (tmp_path / "light" / "r0-train").mkdir()  # started, no marker
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-c", STATUS_WITHOUT_HEAVY_IMPORTS, store.run_dir, *verify]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "blocked imports: []" in result.stderr, result.stderr[-3000:]
+    assert "run light" in result.stdout and "videos=3, expressions=6" in result.stdout, result.stdout
+    table = result.stdout.split("verified:")[0]
+    assert table.count("committed") == 2 and "interrupted" in table and "pending" in table, result.stdout
+    if verify:
+        assert "verified: 2 committed stage(s)" in result.stdout, result.stdout
+
+
 @pytest.mark.parametrize("command", [["--help"], ["data", "--help"], ["run", "--help"]])
 def test_help(command, tmp_path):
     result = prvos(*command, cwd=tmp_path)

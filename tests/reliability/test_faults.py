@@ -27,8 +27,8 @@ import pytest
 from safetensors.numpy import load_file
 
 from pipelines import integrity
-from pipelines.pipeline import run_pipeline, stage_plan
-from pipelines.run_store import RunStore
+from pipelines.pipeline import run_pipeline
+from pipelines.run_store import RunStore, stage_plan
 from prvos_core.config import config_from_dict
 from stages import train
 from tests.e2e.test_pipeline import reduced_config

@@ -1,4 +1,4 @@
-"""Tests of prvos_core.pseudo.uncertainty: finite binary entropy, the seed's broken entropy, TTA, quantisation."""
+"""Tests of prvos_core.pseudo.uncertainty: finite binary entropy, the seed's broken entropy, TTA, MC dropout."""
 
 from __future__ import annotations
 
@@ -10,9 +10,7 @@ import torch
 
 from prvos_core.config import RefineSection
 from prvos_core.errors import ConfigError
-from prvos_core.labels import confidence, predicted_foreground
 from prvos_core.pseudo.refine import refine_expression
-from prvos_core.pseudo.store import dequantize_unit, quantize_unit
 from prvos_core.pseudo.thresholds import Thresholds
 from prvos_core.pseudo.uncertainty import binary_entropy, flip_tta, mc_dropout_variance, seed_entropy
 
@@ -46,12 +44,6 @@ def test_binary_entropy_torch_matches_numpy_and_keeps_type():
 def test_binary_entropy_clips_rounding_overshoot():
     h = binary_entropy(np.array([-1e-7, 1.0 + 1e-7]))
     np.testing.assert_array_equal(h, [0.0, 0.0])
-
-
-def test_hard_prediction_and_confidence():
-    p = np.array([0.0, 0.3, 0.5, 0.51, 1.0], dtype=np.float32)
-    np.testing.assert_array_equal(predicted_foreground(p), [False, False, False, True, True])
-    np.testing.assert_allclose(confidence(p), [1.0, 0.7, 0.5, 0.51, 1.0])
 
 
 def _saturation_video() -> np.ndarray:
@@ -161,27 +153,3 @@ def test_mc_dropout_variance_matches_stacked_samples_of_a_real_dropout_layer():
 def test_mc_dropout_needs_two_samples():
     with pytest.raises(ConfigError, match="at least 2"):
         mc_dropout_variance(lambda x: x[:, 0], torch.zeros(1, 3, 2, 2), samples=1)
-
-
-def test_quantisation_round_trip_error_is_at_most_half_a_step():
-    x = np.linspace(0.0, 1.0, 100_001, dtype=np.float32)
-    codes = quantize_unit(x)
-    assert codes.dtype == np.uint8
-    error = np.abs(dequantize_unit(codes) - x)
-    assert error.max() <= 1 / 510 + 1e-7
-    assert error.max() > 1 / 510 - 1e-4  # the bound is tight, not loose
-
-
-def test_quantisation_codes_ends_and_every_code_round_trips():
-    np.testing.assert_array_equal(quantize_unit(np.array([0.0, 1.0, 0.2, -0.01, 1.01])), [0, 255, 51, 0, 255])
-    codes = np.arange(256, dtype=np.uint8)
-    decoded = dequantize_unit(codes)
-    assert decoded.dtype == np.float32 and decoded[0] == 0.0 and decoded[-1] == 1.0
-    np.testing.assert_array_equal(quantize_unit(decoded), codes)
-
-
-def test_quantisation_rejects_nan_and_non_uint8_codes():
-    with pytest.raises(ValueError, match="NaN"):
-        quantize_unit(np.array([0.5, np.nan]))
-    with pytest.raises(ValueError, match="uint8"):
-        dequantize_unit(np.array([1, 2], dtype=np.int32))
