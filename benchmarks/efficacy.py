@@ -130,9 +130,9 @@ def score_seen(seen: Path, checkpoint: str, size: tuple[int, int], work: Path) -
     out = Path(tempfile.mkdtemp(prefix="seen-", dir=work))
     inputs = evaluate.EvaluateInputs(str(manifest_dir), str(work / "text.zarr"), encoder.identity, checkpoint, "valid",
                                      str(out), size)  # fmt: skip
-    metrics = evaluate.run(inputs, EvaluateSection()).metrics
+    scores = evaluate.run(inputs, EvaluateSection()).scores
     shutil.rmtree(out, ignore_errors=True)
-    return {"J": metrics["J"], "F": metrics["F"], "JF": metrics["JF"]}
+    return {"J": scores["J"], "F": scores["F"], "JF": scores["JF"]}
 
 
 def run_variants(base: list[str], run_root: Path, run_id: str, only: list[str],

@@ -44,9 +44,9 @@ def main() -> None:
             out = work / f"stage{repeat}"
             out.mkdir()
             result = ingest.run(ingest.IngestInputs(str(work / "data"), ("train",), str(out)), IngestSection())
-            frames = result.metrics["frames"]
-            stage_rates.append(frames / result.metrics["seconds"])
-            check_rates.append(frames / result.metrics["check_seconds"])
+            frames = result.frames
+            stage_rates.append(frames / result.seconds)
+            check_rates.append(frames / result.check_seconds)
             serial_rates.append(_serial_rate(work / "data"))
         ray.shutdown()
     finally:

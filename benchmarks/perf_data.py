@@ -27,16 +27,15 @@ import torch  # noqa: E402
 from benchmarks.common import markdown_table  # noqa: E402
 import prvos_core.data.clips as clips_module  # noqa: E402
 import prvos_core.data.frames as frames_module  # noqa: E402
-from prvos_core.data.clips import ClipDataset, ClipSpec, collate_clips  # noqa: E402
+from prvos_core.data.clips import ClipDataset, ClipSpec, clip_sources, collate_clips  # noqa: E402
 from prvos_core.config import ModelSection, TrainSection  # noqa: E402
 from prvos_core.data.manifest import read_manifest  # noqa: E402
-from prvos_core.model.builders import build_model  # noqa: E402
+from prvos_core.model.builders import build_model, input_size  # noqa: E402
 from prvos_core.model.ema import EmaTeacher  # noqa: E402
 from prvos_core.model.loss import clip_loss  # noqa: E402
 from prvos_core.pseudo.store import RefinedLabel, open_store, write_refined  # noqa: E402
 from prvos_core.text.encoder import TextEncoder  # noqa: E402
 from prvos_core.text.cache import TextCache  # noqa: E402
-from stages.train import TrainInputs, build_sources  # noqa: E402
 
 # (module, function) of the data path, timed by wrapping the module attribute its caller looks up.
 PROFILED = (("frames", "decode_frame"), ("frames", "resize_frame"), ("clips", "load_frame"),
@@ -96,14 +95,10 @@ def _refined_store(work: Path, space, size: tuple[int, int]) -> str:
 def _throughput(work: Path, space, args, load: LoadLog) -> tuple[dict, str]:
     model_section = ModelSection(size=args.size)
     cfg = TrainSection(clip_frames=args.clip_frames, batch_size=args.batch)
-    from stages.train import input_size
-
-    size = input_size(model_section)
+    size = input_size(model_section.size, model_section.input_size)
     refined = _refined_store(work, space, size)
-    inputs = TrainInputs(space.manifest_dir, space.text_cache, space.text_identity, space.text_dim, "train",
-                         str(work / "train"), model_section, refined_store=refined)  # fmt: skip
     text = TextCache(space.text_cache, space.text_identity).load_all()
-    sources = build_sources(inputs, cfg)
+    sources = clip_sources(read_manifest(space.manifest_dir), "train", refined_store=refined)
     dataset = ClipDataset(sources, text.lookup, ClipSpec(cfg.clip_frames, size, cfg.min_crop, cfg.brightness),
                           refined_store=refined, samples_per_source=64)  # fmt: skip
     sampler = torch.utils.data.RandomSampler(dataset, generator=torch.Generator().manual_seed(0))

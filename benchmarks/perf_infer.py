@@ -103,8 +103,7 @@ def _trained_store(work: Path, space, epochs: int) -> dict:
         ),  # fmt: skip
         InferSection(actors=2, threads_per_actor=1),
     )
-    return {"epochs": epochs, "final_loss": result.metrics.get("loss"),
-            "bytes_per_frame": infer_result.metrics["bytes_per_frame"]}  # fmt: skip
+    return {"epochs": epochs, "final_loss": result.loss, "bytes_per_frame": infer_result.bytes_per_frame}
 
 
 def _bare_inputs(space, checkpoint: str):
@@ -138,9 +137,9 @@ def _stage(work: Path, space, checkpoint: str, actors: int, tag: str) -> dict:
     original = infer.run_pool
 
     def timed_pool(*a, **k):
-        for row in original(*a, **k):
-            arrivals.append(time.perf_counter())
-            yield row
+        for rows in original(*a, **k):  # one expression's rows (one per frame)
+            arrivals.extend([time.perf_counter()] * len(rows))
+            yield rows
 
     infer.run_pool = timed_pool
     try:
@@ -155,7 +154,7 @@ def _stage(work: Path, space, checkpoint: str, actors: int, tag: str) -> dict:
     first_batch = sum(1 for t in arrivals if t == first)
     steady = (len(arrivals) - first_batch) / (arrivals[-1] - first) if arrivals[-1] > first else float("nan")
     return {"frames": len(arrivals), "steady_fps": steady, "first_s": first - started, "stage_s": seconds,
-            "pool_fps": result.metrics["frames_per_second"], "bytes_per_frame": result.metrics["bytes_per_frame"],
+            "pool_fps": result.frames_per_second, "bytes_per_frame": result.bytes_per_frame,
             "out": str(work / f"infer-{tag}")}  # fmt: skip
 
 

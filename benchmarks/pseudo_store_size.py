@@ -66,12 +66,11 @@ def main() -> None:
                 result = infer.run(inputs, InferSection(actors=args.actors, encoding=encoding))
                 prob_error, uncertainty_error = _max_errors(out, reference)
                 raw = 2 * 4 * size[0] * size[1]
-                per_frame = result.metrics["bytes_per_frame"]
+                per_frame = result.bytes_per_frame
                 rows.append([name, encoding, f"{per_frame:,.0f}", f"{raw:,}", f"1/{raw / per_frame:.1f}",
                              f"{prob_error:.2e}", f"{uncertainty_error:.2e}"])  # fmt: skip
         ray.shutdown()
-        frames = int(result.metrics["frames"])
-        expressions = int(result.metrics["expressions"])
+        frames, expressions = result.frames, result.expressions
     finally:
         shutil.rmtree(work, ignore_errors=True)
     header = ["teacher", "encoding", "bytes/frame on disk", "raw float32 pair", "ratio", "max prob error",

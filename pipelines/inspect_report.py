@@ -29,7 +29,7 @@ from prvos_core import storage
 from prvos_core.config import PrvosConfig, config_from_dict
 from prvos_core.data.frames import decode_frame, read_object_mask
 from prvos_core.data.layout import SplitPaths, write_json
-from prvos_core.data.manifest import Expression, Video, read_manifest
+from prvos_core.data.manifest import Expression, Manifest, Video, read_manifest
 from prvos_core.errors import UserError
 from prvos_core.pseudo.store import (
     FrameDecision,
@@ -79,8 +79,7 @@ def build_report(run: str | Path, round_index: int, *, expression_id: str | None
     infer, refine = _round_markers(store, config, round_index)
     manifest = read_manifest(os.path.dirname(_marker(store, stage_name(INGEST)).outputs["videos"]))
     expressions = {e.expression_id: e for e in manifest.split_expressions(config.data.train_split)}
-    videos = {(v.split, v.video_id): v for v in manifest.videos}
-    chosen = _choose(read_index(infer.outputs["index"]), expressions, videos, expression_id, count)
+    chosen = _choose(read_index(infer.outputs["index"]), expressions, manifest, expression_id, count)
     folder = Path(out) if out is not None else _default_out(store, round_index, expression_id)
 
     started = time.perf_counter()
@@ -138,7 +137,7 @@ def _default_out(store: RunStore, round_index: int, expression_id: str | None) -
     return Path(store.run_dir) / "inspect" / name
 
 
-def _choose(index, expressions: dict[str, Expression], videos: dict, expression_id: str | None,
+def _choose(index, expressions: dict[str, Expression], manifest: Manifest, expression_id: str | None,
             count: int) -> list[_Chosen]:  # fmt: skip
     """The asked expression, or the `count` most and least confident (half each) by the teacher's mean
     entropy over each expression's frames without ground truth (all its frames when every one has GT)."""
@@ -156,7 +155,7 @@ def _choose(index, expressions: dict[str, Expression], videos: dict, expression_
 
     def item(e: str, why: str) -> _Chosen:
         expression = expressions[e]
-        return _Chosen(expression, videos[(expression.split, expression.video_id)], why)
+        return _Chosen(expression, manifest.video_of(expression), why)
 
     if expression_id is not None:
         if expression_id not in means:

@@ -29,8 +29,10 @@ from typing import Any
 from pipelines.run_store import RunStore, split_stage
 from prvos_core import storage
 from prvos_core.config import PrvosConfig
-from prvos_core.errors import StorageError, UserError
+from prvos_core.errors import StorageError, UserError, first_line
+from stages.ingest import IngestResult
 from stages.result import StageResult
+from stages.train import TrainResult
 
 log = logging.getLogger("prvos")
 
@@ -104,30 +106,32 @@ class Lineage:
 
     # --- records --------------------------------------------------------------------------------------------
 
-    def stage_finished(self, name: str, round_index: int | None, section: dict, result: StageResult) -> None:
+    def stage_finished(
+        self, name: str, round_index: int | None, section: dict, result: StageResult, fingerprint: str
+    ) -> None:
         """One nested run for a stage that ran: params, metrics, fingerprint and artifact URIs, summaries."""
         from mlflow.entities import Metric, Param
 
+        outputs, measured = result.to_marker()
         parent = self.parent_id if round_index is None else self._round(round_index)
-        tags = {"mlflow.parentRunId": parent, "prvos.stage": name, "prvos.fingerprint": result.fingerprint}
-        tags.update({f"prvos.output.{key}": str(uri) for key, uri in result.outputs.items()})
+        tags = {"mlflow.parentRunId": parent, "prvos.stage": name, "prvos.fingerprint": fingerprint}
+        tags.update({f"prvos.output.{key}": uri for key, uri in outputs.items()})
         if round_index is not None:
             tags["prvos.round"] = str(round_index)
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         params = [Param(key, value) for key, value in flatten(section).items()]
-        metrics = [Metric(metric_name(key), float(value), 0, 0) for key, value in result.metrics.items()]
+        metrics = [Metric(metric_name(key), value, 0, 0) for key, value in measured.items()]
         self.client.log_batch(run.info.run_id, metrics=metrics, params=params)
-        self._log_history(run.info.run_id, result)
-        for uri in result.outputs.values():
-            self._log_small_artifact(run.info.run_id, str(uri))
+        if isinstance(result, TrainResult):
+            self._log_history(run.info.run_id, result.history)
+        for uri in outputs.values():
+            self._log_small_artifact(run.info.run_id, uri)
         self.client.set_terminated(run.info.run_id, status="FINISHED")
         if round_index is not None:
-            summary = [
-                Metric(metric_name(f"{split_stage(name)[1]}.{k}"), float(v), 0, 0) for k, v in result.metrics.items()
-            ]
+            summary = [Metric(metric_name(f"{split_stage(name)[1]}.{k}"), v, 0, 0) for k, v in measured.items()]
             self.client.log_batch(self._round(round_index), metrics=summary)
 
-    def log_manifest(self, outputs: dict[str, str]) -> None:
+    def log_manifest(self, manifest: IngestResult) -> None:
         """The expressions table as the parent run's input dataset (once per run)."""
         if self.state.get("manifest_logged"):
             return
@@ -135,11 +139,10 @@ class Lineage:
 
         from prvos_core.data.manifest import read_manifest
 
-        folder = outputs["expressions"][: outputs["expressions"].replace("\\", "/").rfind("/")]
-        frame = _expressions_frame(read_manifest(folder))
+        frame = _expressions_frame(read_manifest(manifest.manifest_dir))
         with warnings.catch_warnings():  # mlflow's schema hints about integer columns and local sources
             warnings.simplefilter("ignore", UserWarning)
-            dataset = mlflow.data.from_pandas(frame, source=outputs["expressions"], name="manifest.expressions")
+            dataset = mlflow.data.from_pandas(frame, source=manifest.expressions_table, name="manifest.expressions")
             # The fluent API needs the process-wide tracking URI, and set_tracking_uri also exports it as
             # MLFLOW_TRACKING_URI, which default_tracking_uri would then hand to every later run of this process
             # (a long-lived driver, the tests): restore both afterwards.
@@ -195,13 +198,10 @@ class Lineage:
             self._save()
         return rounds[key]
 
-    def _log_history(self, run_id: str, result: StageResult) -> None:
+    def _log_history(self, run_id: str, history_uri: str) -> None:
         """A training stage's per-epoch metrics as metric histories (step = epoch)."""
         from mlflow.entities import Metric
 
-        history_uri = result.outputs.get("history")
-        if not history_uri:
-            return
         metrics = [
             Metric(metric_name(f"epoch.{key}"), float(value), 0, int(epoch["epoch"]))
             for epoch in storage.read_json(history_uri)
@@ -240,8 +240,9 @@ def log_report(store: RunStore, folder: Path) -> str | None:
     try:
         MlflowClient(state["tracking_uri"]).log_artifacts(state["parent"], str(folder), artifact_path=artifact_path)
     except (MlflowException, OSError, KeyError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise StorageError(f"report written to {folder}, but logging it to MLflow failed ({first})") from None
+        raise StorageError(
+            f"report written to {folder}, but logging it to MLflow failed ({first_line(error)})"
+        ) from None
     return artifact_path
 
 

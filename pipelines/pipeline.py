@@ -30,13 +30,13 @@ from pipelines.run_store import (
     stage_name,
     stage_plan,
 )
-from pipelines.runner import StageOutcome, Verify, run_stage
+from pipelines.runner import Result, StageOutcome, Verify, run_stage
 from prvos_core import storage
 from prvos_core.config import PrvosConfig
 from prvos_core.data.source import locate
 from prvos_core.errors import ConfigError
+from prvos_core.model.builders import input_size
 from stages import evaluate, infer, ingest, refine, text, train
-from stages.result import StageResult
 
 log = logging.getLogger("prvos")
 
@@ -116,62 +116,60 @@ class _Context:
     verify: Verify = "sizes"
     changed: set[str] = field(default_factory=set)  # fingerprints of stages that re-ran and wrote other bytes
 
-    def result(self, name: str) -> StageResult:
-        """The result of a stage this one depends on: run now, or committed before."""
+    def outcome(self, name: str, result_type: type[Result]) -> StageOutcome[Result]:
+        """The outcome of a stage this one depends on: run now, or committed before."""
         if name in self.report.outcomes:
-            return self.report.outcomes[name].result
+            return self.report.outcomes[name]
         marker = self.store.read_marker(name)
         if marker is None:
             raise ConfigError(f"stage {name} has not run in {self.store.run_dir}; run the pipeline without --stages")
-        return StageResult(name, marker.outputs, marker.metrics, marker.fingerprint)
+        return StageOutcome(result_type.from_marker(marker.outputs, marker.metrics), marker.fingerprint, ran=False)
 
     def stage(self, name: str, round_index: int | None, section: dict, inputs: dict[str, str],
-              work: Callable[[str, str], StageResult]) -> None:  # fmt: skip
+              work: Callable[[str], Result], result_type: type[Result]) -> None:  # fmt: skip
         stage_fingerprint = fingerprint(name, section, inputs)
         # Fingerprints hash settings, not bytes: an input stage that re-ran (repaired) and wrote other bytes
         # than before makes this stage's committed outputs stale although its fingerprint is the same.
         stale = any(value in self.changed for value in inputs.values())
-        outcome = run_stage(
-            self.store, name, stage_fingerprint, lambda folder: work(folder, stage_fingerprint),
-            verify=self.verify, force=stale,
-        )  # fmt: skip
+        outcome = run_stage(self.store, name, stage_fingerprint, work, result_type, verify=self.verify, force=stale)
         if outcome.changed:
             self.changed.add(stage_fingerprint)
         self.report.outcomes[name] = outcome
         if outcome.ran:
-            self.lineage.stage_finished(name, round_index, section, outcome.result)
+            self.lineage.stage_finished(name, round_index, section, outcome.result, stage_fingerprint)
 
     def _ingest(self, name: str, round_index: None) -> None:
         config = self.config
         splits = (config.data.train_split, config.data.valid_split)
         section = {"ingest": config.section("ingest"), "data_root": config.data.root, "splits": list(splits)}
 
-        def work(folder: str, stage_fingerprint: str) -> StageResult:
-            return ingest.run(ingest.IngestInputs(config.data.root, splits, folder, stage_fingerprint), config.ingest)
+        def work(folder: str) -> ingest.IngestResult:
+            return ingest.run(ingest.IngestInputs(config.data.root, splits, folder), config.ingest)
 
-        self.stage(name, None, section, {"dataset": dataset_fingerprint(config.data.root)}, work)
-        self.lineage.log_manifest(self.result(name).outputs)
+        self.stage(name, None, section, {"dataset": dataset_fingerprint(config.data.root)}, work, ingest.IngestResult)
+        self.lineage.log_manifest(self.outcome(name, ingest.IngestResult).result)
 
     def _text(self, name: str, round_index: None) -> None:
-        manifest = self.result(stage_name(INGEST))
+        manifest = self.outcome(stage_name(INGEST), ingest.IngestResult)
 
-        def work(folder: str, stage_fingerprint: str) -> StageResult:
-            inputs = text.TextInputs(_folder(manifest), folder, stage_fingerprint)
-            return text.run(inputs, self.config.text)
+        def work(folder: str) -> text.TextResult:
+            return text.run(text.TextInputs(manifest.result.manifest_dir, folder), self.config.text)
 
-        self.stage(name, None, {"text": self.config.section("text")}, {"ingest": manifest.fingerprint}, work)
+        section = {"text": self.config.section("text")}
+        self.stage(name, None, section, {"ingest": manifest.fingerprint}, work, text.TextResult)
 
     def _train(self, name: str, round_index: int) -> None:
         config = self.config
-        manifest, text_cache = self.result(stage_name(INGEST)), self.result(stage_name(TEXT))
+        manifest = self.outcome(stage_name(INGEST), ingest.IngestResult)
+        text_cache = self.outcome(stage_name(TEXT), text.TextResult)
         inputs = {"ingest": manifest.fingerprint, "text": text_cache.fingerprint}
         refined_store = init_checkpoint = None
         if round_index > 0 and config.pseudo_labels:
-            refined = self.result(stage_name(REFINE, round_index - 1))
-            inputs["refine"], refined_store = refined.fingerprint, refined.outputs["refined"]
+            refined = self.outcome(stage_name(REFINE, round_index - 1), refine.RefineResult)
+            inputs["refine"], refined_store = refined.fingerprint, refined.result.refined
         if round_index > 0 and config.train.init == "previous":
-            previous = self.result(stage_name(TRAIN, round_index - 1))
-            inputs["previous"], init_checkpoint = previous.fingerprint, previous.outputs["checkpoint"]
+            previous = self.outcome(stage_name(TRAIN, round_index - 1), train.TrainResult)
+            inputs["previous"], init_checkpoint = previous.fingerprint, previous.result.checkpoint
         section = {
             "train": config.section("train"),
             "model": config.section("model"),
@@ -179,12 +177,12 @@ class _Context:
             "split": config.data.train_split,
         }
 
-        def work(folder: str, stage_fingerprint: str) -> StageResult:
+        def work(folder: str) -> train.TrainResult:
             train_inputs = train.TrainInputs(
-                manifest_dir=_folder(manifest),
-                text_cache=text_cache.outputs["cache"],
-                text_identity=text_cache.outputs["identity"],
-                text_dim=int(text_cache.outputs["dim"]),
+                manifest_dir=manifest.result.manifest_dir,
+                text_cache=text_cache.result.cache,
+                text_identity=text_cache.result.identity,
+                text_dim=text_cache.result.dim,
                 split=config.data.train_split,
                 out_dir=folder,
                 model=config.model,
@@ -192,12 +190,11 @@ class _Context:
                 init_checkpoint=init_checkpoint,
                 seed=config.run.seed,
                 round_index=round_index,
-                fingerprint=stage_fingerprint,
                 text=config.text,
             )
             return train.run(train_inputs, config.train)
 
-        self.stage(name, round_index, section, inputs, work)
+        self.stage(name, round_index, section, inputs, work, train.TrainResult)
 
     def _infer(self, name: str, round_index: int) -> None:
         self._run_model(name, round_index, infer, "infer", self.config.data.train_split)
@@ -206,49 +203,45 @@ class _Context:
         self._run_model(name, round_index, evaluate, "evaluate", self.config.data.valid_split)
 
     def _run_model(self, name: str, round_index: int, module, section: str, split: str) -> None:
-        """infer and evaluate: round r's checkpoint run over every expression of a split on Ray Data."""
+        """infer and evaluate: round r's checkpoint run over every expression of a split on a Ray actor pool."""
         config = self.config
-        manifest, text_cache = self.result(stage_name(INGEST)), self.result(stage_name(TEXT))
-        student = self.result(stage_name(TRAIN, round_index))
+        manifest = self.outcome(stage_name(INGEST), ingest.IngestResult)
+        text_cache = self.outcome(stage_name(TEXT), text.TextResult)
+        student = self.outcome(stage_name(TRAIN, round_index), train.TrainResult)
         inputs = {"ingest": manifest.fingerprint, "text": text_cache.fingerprint, "train": student.fingerprint}
         inputs_class = module.InferInputs if module is infer else module.EvaluateInputs
+        result_type = module.InferResult if module is infer else module.EvaluateResult
 
-        def work(folder: str, stage_fingerprint: str) -> StageResult:
+        def work(folder: str):
             stage_inputs = inputs_class(
-                manifest_dir=_folder(manifest),
-                text_cache=text_cache.outputs["cache"],
-                text_identity=text_cache.outputs["identity"],
-                checkpoint=student.outputs["checkpoint"],
+                manifest_dir=manifest.result.manifest_dir,
+                text_cache=text_cache.result.cache,
+                text_identity=text_cache.result.identity,
+                checkpoint=student.result.checkpoint,
                 split=split,
                 out_dir=folder,
-                input_size=train.input_size(config.model),
-                fingerprint=stage_fingerprint,
+                input_size=input_size(config.model.size, config.model.input_size),
                 round_index=round_index,
             )
             return module.run(stage_inputs, getattr(config, section))
 
-        self.stage(name, round_index, {section: config.section(section), "split": split}, inputs, work)
+        self.stage(name, round_index, {section: config.section(section), "split": split}, inputs, work, result_type)
 
     def _refine(self, name: str, round_index: int) -> None:
         config = self.config
-        manifest, pseudo = self.result(stage_name(INGEST)), self.result(stage_name(INFER, round_index))
+        manifest = self.outcome(stage_name(INGEST), ingest.IngestResult)
+        pseudo = self.outcome(stage_name(INFER, round_index), infer.InferResult)
         section = {"refine": config.section("refine"), "split": config.data.train_split}
 
-        def work(folder: str, stage_fingerprint: str) -> StageResult:
+        def work(folder: str) -> refine.RefineResult:
             refine_inputs = refine.RefineInputs(
-                manifest_dir=_folder(manifest),
-                pseudo_store=pseudo.outputs["pseudo"],
+                manifest_dir=manifest.result.manifest_dir,
+                pseudo_store=pseudo.result.pseudo,
                 out_dir=folder,
                 split=config.data.train_split,
-                fingerprint=stage_fingerprint,
                 round_index=round_index,
             )
             return refine.run(refine_inputs, config.refine)
 
-        self.stage(name, round_index, section, {"ingest": manifest.fingerprint, "infer": pseudo.fingerprint}, work)
-
-
-def _folder(manifest: StageResult) -> str:
-    """The ingest stage's folder, from the URI of one of its tables."""
-    uri = manifest.outputs["videos"]
-    return uri[: uri.replace("\\", "/").rfind("/")]
+        inputs = {"ingest": manifest.fingerprint, "infer": pseudo.fingerprint}
+        self.stage(name, round_index, section, inputs, work, refine.RefineResult)

@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 from pipelines import integrity
 from pipelines.ray_session import ensure_ray
@@ -18,11 +18,13 @@ from stages.result import StageResult
 log = logging.getLogger("prvos")
 
 Verify = Literal["none", "sizes", "hashes"]
+Result = TypeVar("Result", bound=StageResult)
 
 
 @dataclass(frozen=True)
-class StageOutcome:
-    result: StageResult
+class StageOutcome(Generic[Result]):
+    result: Result  # what the stage returned, or what its commit marker recorded
+    fingerprint: str  # the fingerprint it ran (or was committed) under
     ran: bool  # False: skipped, its committed marker matched and its files were intact
     changed: bool = False  # ran, and what it wrote differs from what its previous marker recorded (or none did)
     repaired: tuple[integrity.Damage, ...] = ()  # the damage that made a committed stage run again
@@ -32,13 +34,15 @@ def run_stage(
     store: RunStore,
     stage: str,
     fingerprint: str,
-    work: Callable[[str], StageResult],
+    work: Callable[[str], Result],
+    result_type: type[Result],
     *,
     verify: Verify = "sizes",
     force: bool = False,
-) -> StageOutcome:
+) -> StageOutcome[Result]:
     """Run `work(stage_dir)` unless `stage` is committed with `fingerprint` and its files check out; write
-    its marker (with the checksums of every file the stage wrote) last.
+    its marker (with the checksums of every file the stage wrote) last. A skipped stage's result is
+    `result_type` read from its marker.
 
     verify: how a committed stage's files are checked before it is skipped ("sizes": one listing, "hashes":
     every byte); a damaged stage is cleared and run again. force: run even if committed (an input changed).
@@ -48,17 +52,18 @@ def run_stage(
     stage_dir = store.stage_dir(stage)
     try:
         marker = store.read_marker(stage)
+        committed = None if marker is None else result_type.from_marker(marker.outputs, marker.metrics)
     except StorageError as error:
         log.warning("%s: unreadable commit marker (%s); re-running the stage", stage, error)
         storage.remove(stage_dir)
-        marker = None
+        marker = committed = None
     damage: list[integrity.Damage] = []
     if marker is not None and marker.fingerprint == fingerprint and not force:
         if verify != "none":
             damage = integrity.verify(stage, stage_dir, marker.files, hashes=verify == "hashes")
         if not damage:
             log.info("%s: committed with the same fingerprint, skipped", stage)
-            return StageOutcome(StageResult(stage, marker.outputs, marker.metrics, marker.fingerprint), ran=False)
+            return StageOutcome(committed, fingerprint, ran=False)
         shown = "; ".join(map(str, damage[:3])) + (f" and {len(damage) - 3} more" if len(damage) > 3 else "")
         log.warning("%s: %d damaged file(s) (%s); re-running the stage", stage, len(damage), shown)
         storage.remove(stage_dir)
@@ -72,11 +77,7 @@ def run_stage(
     result = work(stage_dir)
     seconds = time.perf_counter() - started
     files = integrity.checksums(stage_dir)
-    store.write_marker(
-        StageMarker(
-            stage, fingerprint, dict(result.outputs), dict(result.metrics), started_at, now_iso(), seconds, files
-        )
-    )
+    outputs, metrics = result.to_marker()
+    store.write_marker(StageMarker(stage, fingerprint, outputs, metrics, started_at, now_iso(), seconds, files))
     changed = marker is None or not marker.files or integrity.results(files) != integrity.results(marker.files)
-    return StageOutcome(StageResult(stage, result.outputs, result.metrics, fingerprint), True, changed, tuple(damage))
-
+    return StageOutcome(result, fingerprint, True, changed, tuple(damage))

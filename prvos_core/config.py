@@ -142,7 +142,7 @@ class TrainSection(Section):
 
 
 class InferSection(Section):
-    actors: int = Field(2, gt=0)  # teacher replicas in the Ray Data actor pool
+    actors: int = Field(2, gt=0)  # teacher replicas in the Ray Data actor pool (stages._ray)
     cpus_per_actor: float = Field(1.0, gt=0)
     gpus_per_actor: float = Field(0.0, ge=0)
     threads_per_actor: int = Field(1, gt=0)  # torch threads in each actor

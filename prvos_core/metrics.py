@@ -19,7 +19,7 @@ with published ones:
 The toolkit's optional rescaling of the boundary map to another width and height is left out: its evaluation
 never uses it. On top of the per-frame measures: a per-expression summary (`evaluate_expression`), the
 benchmark table over expressions (`summarize`: J, F, J&F, P@0.5..0.9) and the overall IoU (cumulative
-intersection over cumulative union).
+intersection over cumulative union, from masks or from per-expression counts).
 """
 
 from __future__ import annotations
@@ -194,12 +194,21 @@ def overall_iou(gt_stack: Iterable[np.ndarray], pred_stack: Iterable[np.ndarray]
         raise ValueError(
             f"overall_iou needs paired stacks, got {len(gt_list)} ground truths and {len(pred_list)} predictions"
         )
-    intersection = 0
-    union = 0
-    for gt_masks, pred_masks in zip(gt_list, pred_list, strict=True):
-        gt, pred, _ = _as_masks(gt_masks, pred_masks, None)
-        intersection += int(np.count_nonzero(gt & pred))
-        union += int(np.count_nonzero(gt | pred))
+    counts = [iou_counts(gt, pred) for gt, pred in zip(gt_list, pred_list, strict=True)]
+    return cumulative_iou([i for i, _ in counts], [u for _, u in counts])
+
+
+def iou_counts(annotation: np.ndarray, segmentation: np.ndarray) -> tuple[int, int]:
+    """(intersection, union) pixel counts of one expression's masks, (T, H, W) or (H, W): what `overall_iou`
+    accumulates, for callers that see one expression at a time."""
+    gt, pred, _ = _as_masks(annotation, segmentation, None)
+    return int(np.count_nonzero(gt & pred)), int(np.count_nonzero(gt | pred))
+
+
+def cumulative_iou(intersections: Iterable[int], unions: Iterable[int]) -> float:
+    """The overall IoU from per-expression `iou_counts`: sum of intersections over sum of unions (1 when the
+    cumulative union is empty)."""
+    intersection, union = sum(intersections), sum(unions)
     return intersection / union if union > 0 else 1.0
 
 

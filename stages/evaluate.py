@@ -1,6 +1,6 @@
 """Evaluate: a round's student on a split, by referring segmentation from the text alone (by default).
 
-The student's weights (not the EMA teacher's) run in the same Ray Data actor pool as infer; predictions are
+The student's weights (not the EMA teacher's) run in the same actor pool as infer (stages._ray); predictions are
 upsampled to the original frame size and thresholded at 0.5.
 
 With ground truth: per-expression J, F, J&F over the expression's annotated frames (DAVIS-2017 definitions) in
@@ -19,7 +19,9 @@ import tempfile
 import time
 import zipfile
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import cv2
 import numpy as np
@@ -30,11 +32,11 @@ from prvos_core.config import EvaluateSection
 from prvos_core.data.frames import read_object_mask
 from prvos_core.data.layout import SplitPaths
 from prvos_core.data.manifest import Expression, Video
-from prvos_core.inference.predict import upsample_prob
-from prvos_core.metrics import evaluate_expression, summarize
-from stages.model_pool import ModelInputs, ModelReplica, prepare, rows_batch, run_pool
-from stages.placement import write_placement
-from stages.result import StageResult
+from prvos_core.inference.predict import check_prediction_inputs, upsample_prob
+from prvos_core.labels import binary_mask
+from prvos_core.metrics import cumulative_iou, evaluate_expression, iou_counts, summarize
+from stages._ray import ModelInputs, PredictorActor, run_pool, write_placement
+from stages.result import StageResult, measures, output
 
 log = logging.getLogger("prvos")
 
@@ -60,57 +62,66 @@ PER_EXPRESSION_SCHEMA = pa.schema(
 EvaluateInputs = ModelInputs  # the same fields as the other model stage; named for readers of this stage
 
 
-def run(inputs: EvaluateInputs, cfg: EvaluateSection) -> StageResult:
+@dataclass(frozen=True, kw_only=True)
+class EvaluateResult(StageResult):
+    """With ground truth: the scores and their files; without: the submission zip (and no scores)."""
+
+    stage: ClassVar[str] = "evaluate"
+    per_expression: str | None = output(default=None)  # PER_EXPRESSION_FILE
+    metrics_file: str | None = output("metrics", default=None)  # METRICS_FILE: the scores and counts below
+    placement: str | None = output(default=None)
+    submission: str | None = output(default=None)  # SUBMISSION_FILE
+    # J, F, JF, P0.5..P0.9, overall_iou; J/F/JF_annotator<a> and _annotator_mean with annotator tags.
+    scores: dict[str, float] = measures()
+    expressions: int
+    unscored: int | None = None  # expressions without an annotated frame (scored runs only)
+    frames: int  # annotated frames scored, or frames in the submission
+    seconds: float
+    nodes: int | None = None  # scored runs only
+
+
+def run(inputs: EvaluateInputs, cfg: EvaluateSection) -> EvaluateResult:
     started = time.perf_counter()
-    manifest, expressions = prepare(inputs)
+    manifest, expressions = check_prediction_inputs(
+        inputs.manifest_dir, inputs.split, inputs.checkpoint, inputs.text_cache, inputs.text_identity
+    )
+    frames_per_expression = {e.expression_id: manifest.video_of(e).n_frames for e in expressions}
     if not any(e.gt_frames for e in expressions):
-        return _submission(inputs, cfg, manifest.videos, expressions, started)
+        return _submission(inputs, cfg, frames_per_expression, expressions, started)
 
     scored = [e for e in expressions if e.gt_frames]
     if len(scored) < len(expressions):
         log.info("evaluate: %d expressions have no annotated frame; not scored", len(expressions) - len(scored))
     placement = Counter()
     pool = run_pool(
-        StudentActor,
-        {"inputs": inputs, "cfg": cfg, "submission": False},
-        {e.expression_id: 1 for e in scored},
-        cfg,
-        stage="evaluate",
-        round_index=inputs.round_index,
-        placement=placement,
-    )
-    scores = {row["expression_id"]: row for row in pool}
+        StudentActor, (inputs, cfg, False), {e.expression_id: frames_per_expression[e.expression_id] for e in scored},
+        cfg, label="evaluate", round_index=inputs.round_index, placement=placement,
+    )  # fmt: skip
+    scores = {row["expression_id"]: row for expression_rows in pool for row in expression_rows}
     rows = [(e, scores[e.expression_id]) for e in sorted(scored, key=lambda e: e.expression_id)]
     table_uri = storage.join(inputs.out_dir, PER_EXPRESSION_FILE)
     storage.write_parquet(table_uri, _per_expression_table(rows))
-    metrics = overall_metrics(rows)
-    metrics.update(
-        {
-            "expressions": float(len(rows)),
-            "unscored": float(len(expressions) - len(rows)),
-            "frames": float(sum(score["n_frames"] for _, score in rows)),
-            "seconds": time.perf_counter() - started,
-            "nodes": float(len(placement)),
-        }
-    )
     metrics_uri = storage.join(inputs.out_dir, METRICS_FILE)
-    storage.write_json(metrics_uri, metrics)
-    outputs = {
-        "per_expression": table_uri,
-        "metrics": metrics_uri,
-        "placement": write_placement(inputs.out_dir, placement, "expressions"),
-    }
-    return StageResult("evaluate", outputs, metrics, inputs.fingerprint)
+    result = EvaluateResult(
+        per_expression=table_uri,
+        metrics_file=metrics_uri,
+        placement=write_placement(inputs.out_dir, placement, "expressions"),
+        scores=overall_metrics(rows),
+        expressions=len(rows),
+        unscored=len(expressions) - len(rows),
+        frames=sum(score["n_frames"] for _, score in rows),
+        seconds=time.perf_counter() - started,
+        nodes=len(placement),
+    )
+    storage.write_json(metrics_uri, result.metrics)
+    return result
 
 
 def overall_metrics(rows: list[tuple[Expression, dict]]) -> dict[str, float]:
     """J, F, JF, P0.5..P0.9 and overall IoU over the scored expressions; per annotator and the mean over
     annotators when the expressions are tagged (Ref-DAVIS17)."""
     metrics = _table([score for _, score in rows])
-    intersection = sum(score["intersection"] for _, score in rows)
-    union = sum(score["union"] for _, score in rows)
-    # As prvos_core.metrics.overall_iou, from counts: an empty cumulative union scores 1.
-    metrics["overall_iou"] = intersection / union if union else 1.0
+    metrics["overall_iou"] = cumulative_iou([s["intersection"] for _, s in rows], [s["union"] for _, s in rows])
     annotators = sorted({e.annotator for e, _ in rows if e.annotator is not None})
     for annotator in annotators:
         own = _table([score for e, score in rows if e.annotator == annotator])
@@ -150,64 +161,53 @@ def _per_expression_table(rows: list[tuple[Expression, dict]]) -> pa.Table:
 
 
 def _submission(
-    inputs: EvaluateInputs, cfg: EvaluateSection, videos: tuple[Video, ...], expressions: list[Expression],
-    started: float,
-) -> StageResult:  # fmt: skip
+    inputs: EvaluateInputs, cfg: EvaluateSection, frames_per_expression: dict[str, int],
+    expressions: list[Expression], started: float,
+) -> EvaluateResult:  # fmt: skip
     """The Ref-YouTube-VOS submission zip. Actors send back each frame's PNG (a few KB), so no staging folder
     has to be shared between nodes; the zip is built locally and published whole."""
-    frames = {(v.split, v.video_id): v.n_frames for v in videos}
-    rows_per_expression = {e.expression_id: frames[(e.split, e.video_id)] for e in expressions}
     uri = storage.join(inputs.out_dir, SUBMISSION_FILE)
     with tempfile.TemporaryDirectory(prefix="prvos-submission-") as folder:
         archive = os.path.join(folder, SUBMISSION_FILE)
         with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as bundle:
             pool = run_pool(
-                StudentActor,
-                {"inputs": inputs, "cfg": cfg, "submission": True},
-                rows_per_expression,
-                cfg,
-                stage="evaluate",
+                StudentActor, (inputs, cfg, True), frames_per_expression, cfg, label="evaluate",
                 round_index=inputs.round_index,
-            )
+            )  # fmt: skip
             written = 0
-            for row in pool:
+            for row in (row for expression_rows in pool for row in expression_rows):
                 # PNG is compressed already: stored, not deflated again.
                 bundle.writestr(row["path"], row["png"])
                 written += 1
         storage.write_bytes(uri, Path(archive).read_bytes())
-    metrics = {
-        "expressions": float(len(expressions)),
-        "frames": float(written),
-        "seconds": time.perf_counter() - started,
-    }
-    return StageResult("evaluate", {"submission": uri}, metrics, inputs.fingerprint)
+    return EvaluateResult(
+        submission=uri, expressions=len(expressions), frames=written, seconds=time.perf_counter() - started
+    )
 
 
-class StudentActor:
+class StudentActor(PredictorActor):
     """One student replica: predicts every frame of an expression from its text, then scores it against the
     ground truth or encodes its masks for the submission."""
 
-    def __init__(self, inputs: EvaluateInputs, cfg: EvaluateSection, submission: bool) -> None:
-        self.replica = ModelReplica(
-            inputs.manifest_dir, inputs.split, inputs.text_cache, inputs.text_identity, inputs.checkpoint,
-            "student", cfg,
-        )  # fmt: skip
-        self.inputs, self.cfg, self.submission = inputs, cfg, submission
+    fault_point = "evaluate.expression"
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        return rows_batch(self.encode if self.submission else self.score, batch)
+    def __init__(self, inputs: EvaluateInputs, cfg: EvaluateSection, submission: bool) -> None:
+        super().__init__(inputs, cfg, "student")
+        self.submission = submission
+
+    def handle(self, expression: Expression, video: Video) -> list[dict]:
+        return self.encode(expression, video) if self.submission else self.score(expression, video)
 
     def masks(self, expression: Expression, video: Video):
         """Yield (frame id, predicted mask (H, W) uint8 0/1 at the original size) for every frame."""
-        predictions = self.replica.predict(
+        predictions = self.predictor.predict(
             expression, video, self.inputs.input_size, first_mask_from_gt=self.cfg.first_frame_gt
         )
         for index, prob in predictions:
-            yield video.frame_ids[index], (upsample_prob(prob, (video.height, video.width)) > 0.5).astype(np.uint8)
+            yield video.frame_ids[index], binary_mask(upsample_prob(prob, (video.height, video.width)))
 
-    def score(self, expression_id: str) -> list[dict]:
+    def score(self, expression: Expression, video: Video) -> list[dict]:
         """J and F over the expression's annotated frames, and its intersection and union pixel counts."""
-        expression, video = self.replica.records(expression_id, "evaluate.expression")
         paths = SplitPaths(Path(video.dataset_root), video.split)
         annotated = set(expression.gt_frames)
         truths, predictions = [], []
@@ -215,26 +215,26 @@ class StudentActor:
             if frame in annotated:
                 predictions.append(mask)
                 truths.append(read_object_mask(str(paths.mask_path(video.video_id, frame)), expression.object_id))
-        gt, pred = np.stack(truths).astype(bool), np.stack(predictions).astype(bool)
+        gt, pred = np.stack(truths), np.stack(predictions)
         result = evaluate_expression(gt, pred, bound_th=self.cfg.bound_th)
+        intersection, union = iou_counts(gt, pred)
         return [
             {
-                "expression_id": expression_id,
+                "expression_id": expression.expression_id,
                 "J": result["J"],
                 "F": result["F"],
                 "n_frames": len(truths),
-                "intersection": int(np.count_nonzero(gt & pred)),
-                "union": int(np.count_nonzero(gt | pred)),
+                "intersection": intersection,
+                "union": union,
             }
         ]
 
-    def encode(self, expression_id: str) -> list[dict]:
+    def encode(self, expression: Expression, video: Video) -> list[dict]:
         """One row per frame: the mask's path in the submission and its single-channel 0/255 PNG."""
-        expression, video = self.replica.records(expression_id, "evaluate.expression")
         rows = []
         for frame, mask in self.masks(expression, video):
             encoded, png = cv2.imencode(".png", mask * np.uint8(255))
             assert encoded, "OpenCV encodes any uint8 (H, W) array as PNG"
             path = f"Annotations/{video.video_id}/{expression.exp_key}/{frame}.png"
-            rows.append({"expression_id": expression_id, "path": path, "png": png.tobytes()})
+            rows.append({"expression_id": expression.expression_id, "path": path, "png": png.tobytes()})
         return rows

@@ -1,6 +1,6 @@
 """Infer: the round's teacher (EMA of the student) labels every frame of every expression of the train split.
 
-Per expression an actor of the Ray Data pool propagates through the whole video and streams each frame's
+Per expression an actor of the pool (stages._ray) propagates through the whole video and streams each frame's
 foreground probability and per-pixel uncertainty (binary entropy) into the Zarr pseudo-label store, one chunk
 per frame and one writer per expression, then commits the expression and returns one index row per frame.
 
@@ -17,14 +17,15 @@ import json
 import logging
 import time
 from collections import Counter
+from dataclasses import dataclass
+from typing import ClassVar
 
-import numpy as np
 import zarr
 
 from prvos_core import storage
 from prvos_core.config import InferSection
 from prvos_core.data.manifest import Expression, Video
-from prvos_core.inference.predict import predictor_identity
+from prvos_core.inference.predict import check_prediction_inputs, predictor_identity
 from prvos_core.pseudo.store import (
     INDEX_FILE,
     PSEUDO_STORE,
@@ -37,9 +38,8 @@ from prvos_core.pseudo.store import (
     write_index,
 )
 from prvos_core.pseudo.uncertainty import binary_entropy
-from stages.model_pool import ModelInputs, ModelReplica, prepare, rows_batch, run_pool
-from stages.placement import write_placement
-from stages.result import StageResult
+from stages._ray import ModelInputs, PredictorActor, run_pool, write_placement
+from stages.result import StageResult, output
 
 log = logging.getLogger("prvos")
 
@@ -47,11 +47,29 @@ log = logging.getLogger("prvos")
 InferInputs = ModelInputs  # the same fields as the other model stage; named for readers of this stage
 
 
-def run(inputs: InferInputs, cfg: InferSection) -> StageResult:
+@dataclass(frozen=True, kw_only=True)
+class InferResult(StageResult):
+    stage: ClassVar[str] = "infer"
+    pseudo: str = output()  # the pseudo-label store, <dir>/pseudo.zarr
+    index: str = output()  # one row per frame (prvos_core.pseudo.store.INDEX_SCHEMA)
+    placement: str = output()
+    expressions: int
+    computed: int  # expressions labelled by this run
+    skipped: int  # expressions committed by an earlier, interrupted run
+    frames: int
+    frames_per_second: float  # of the pool, over the computed frames (0 when nothing was computed)
+    seconds: float
+    store_bytes: int
+    bytes_per_frame: float
+    nodes: int
+
+
+def run(inputs: InferInputs, cfg: InferSection) -> InferResult:
     started = time.perf_counter()
-    manifest, expressions = prepare(inputs)
-    videos_by_key = {(v.split, v.video_id): v for v in manifest.videos}
-    videos = {e.expression_id: videos_by_key[(e.split, e.video_id)] for e in expressions}
+    manifest, expressions = check_prediction_inputs(
+        inputs.manifest_dir, inputs.split, inputs.checkpoint, inputs.text_cache, inputs.text_identity
+    )
+    videos = {e.expression_id: manifest.video_of(e) for e in expressions}
     teacher = predictor_identity(inputs.checkpoint, cfg.teacher)
 
     store_uri = storage.join(inputs.out_dir, PSEUDO_STORE)
@@ -59,17 +77,11 @@ def run(inputs: InferInputs, cfg: InferSection) -> StageResult:
     done = committed_expressions(store) & set(videos)
     todo = {e.expression_id: videos[e.expression_id].n_frames for e in expressions if e.expression_id not in done}
     pool_started, placement = time.perf_counter(), Counter()
-    rows = list(
-        run_pool(
-            TeacherActor,
-            {"inputs": inputs, "cfg": cfg, "teacher": teacher},
-            todo,
-            cfg,
-            stage="infer",
-            round_index=inputs.round_index,
-            placement=placement,
-        )
-    )
+    pool = run_pool(
+        TeacherActor, (inputs, cfg, teacher), todo, cfg, label="infer", round_index=inputs.round_index,
+        placement=placement,
+    )  # fmt: skip
+    rows = [row for expression_rows in pool for row in expression_rows]
     pool_seconds = time.perf_counter() - pool_started
     for expression_id in sorted(done):
         rows += stored_index_rows(read_pseudo_label(store, expression_id))
@@ -78,44 +90,40 @@ def run(inputs: InferInputs, cfg: InferSection) -> StageResult:
 
     computed_frames = sum(todo.values())
     store_bytes = _bytes(store_uri)
-    metrics = {
-        "expressions": float(len(expressions)),
-        "computed": float(len(todo)),
-        "skipped": float(len(done)),
-        "frames": float(len(rows)),
-        "frames_per_second": computed_frames / pool_seconds if computed_frames else 0.0,
-        "seconds": time.perf_counter() - started,
-        "store_bytes": float(store_bytes),
-        "bytes_per_frame": store_bytes / len(rows),
-        "nodes": float(len(placement)),
-    }
-    placement_uri = write_placement(inputs.out_dir, placement, "expressions")
-    outputs = {"pseudo": store_uri, "index": index_uri, "placement": placement_uri}
-    return StageResult("infer", outputs, metrics, inputs.fingerprint)
+    return InferResult(
+        pseudo=store_uri,
+        index=index_uri,
+        placement=write_placement(inputs.out_dir, placement, "expressions"),
+        expressions=len(expressions),
+        computed=len(todo),
+        skipped=len(done),
+        frames=len(rows),
+        frames_per_second=computed_frames / pool_seconds if computed_frames else 0.0,
+        seconds=time.perf_counter() - started,
+        store_bytes=store_bytes,
+        bytes_per_frame=store_bytes / len(rows),
+        nodes=len(placement),
+    )
 
 
-class TeacherActor:
+class TeacherActor(PredictorActor):
     """One teacher replica: labels one expression per call, streaming its frames into the store."""
 
+    fault_point = "infer.expression"
+
     def __init__(self, inputs: InferInputs, cfg: InferSection, teacher: str) -> None:
-        self.replica = ModelReplica(
-            inputs.manifest_dir, inputs.split, inputs.text_cache, inputs.text_identity, inputs.checkpoint,
-            cfg.teacher, cfg,
-        )  # fmt: skip
-        self.inputs, self.cfg, self.teacher = inputs, cfg, teacher
+        super().__init__(inputs, cfg, cfg.teacher)
+        self.teacher = teacher
         self.store = open_store(storage.join(inputs.out_dir, PSEUDO_STORE))
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        return rows_batch(self.label, batch)
-
-    def label(self, expression_id: str) -> list[dict]:
+    def handle(self, expression: Expression, video: Video) -> list[dict]:
         """Write every frame of one expression, commit it, and return its index rows (one per frame)."""
-        expression, video = self.replica.records(expression_id, "infer.expression")
-        size = self.inputs.input_size
+        size, expression_id = self.inputs.input_size, expression.expression_id
         # A new writer replaces whatever an interrupted run left of this expression.
         writer = PseudoLabelWriter(self.store, expression_id, video.frame_ids, size, self.teacher, self.cfg.encoding)
         rows = []
-        for index, prob in self.replica.predict(expression, video, size, first_mask_from_gt=self.cfg.first_frame_gt):
+        predictions = self.predictor.predict(expression, video, size, first_mask_from_gt=self.cfg.first_frame_gt)
+        for index, prob in predictions:
             summary = writer.write(index, prob, binary_entropy(prob))
             rows.append(index_row(expression_id, video.frame_ids[index], summary, self.teacher))
         writer.commit()

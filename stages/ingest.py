@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import ray
 
@@ -17,8 +18,8 @@ from prvos_core.data import manifest as manifest_io
 from prvos_core.data.file_checks import FileReport, check_files
 from prvos_core.data.source import files_on_disk, locate, read_split, split_exists
 from prvos_core.data.validate import VideoFiles, assemble, plan_checks
-from prvos_core.progress import progress_bar
-from stages.result import StageResult
+from stages._ray import gather
+from stages.result import StageResult, output
 
 log = logging.getLogger("prvos")
 
@@ -28,10 +29,33 @@ class IngestInputs:
     dataset_root: str  # dataset folder or a new_<split>.json file
     splits: tuple[str, ...]  # e.g. ("train", "valid")
     out_dir: str  # the stage's folder in the run store
-    fingerprint: str = ""
 
 
-def run(inputs: IngestInputs, cfg: IngestSection) -> StageResult:
+@dataclass(frozen=True, kw_only=True)
+class IngestResult(StageResult):
+    """The manifest's three Parquet tables (prvos_core.data.manifest) and what ingest counted."""
+
+    stage: ClassVar[str] = "ingest"
+    videos_table: str = output("videos")
+    expressions_table: str = output("expressions")
+    quarantine_table: str = output("quarantine")
+    videos: int
+    expressions: int
+    quarantined: int  # items set aside with their reason
+    frames: int
+    files_checked: int
+    frames_per_second: float
+    seconds: float
+    check_seconds: float  # of the file checks on Ray
+    splits: int
+
+    @property
+    def manifest_dir(self) -> str:
+        """The folder of the tables (what prvos_core.data.manifest.read_manifest reads)."""
+        return self.videos_table[: self.videos_table.replace("\\", "/").rfind("/")]
+
+
+def run(inputs: IngestInputs, cfg: IngestSection) -> IngestResult:
     started = time.perf_counter()
     root, only_split = locate(inputs.dataset_root)
     splits = (only_split,) if only_split else inputs.splits
@@ -52,22 +76,24 @@ def run(inputs: IngestInputs, cfg: IngestSection) -> StageResult:
     checks_started = time.perf_counter()
     reports = _check_in_parallel(checks, cfg)
     check_seconds = time.perf_counter() - checks_started
-    result = assemble(videos, reports, cfg.max_text_chars)
-    outputs = manifest_io.write_manifest(inputs.out_dir, result)
+    manifest = assemble(videos, reports, cfg.max_text_chars)
+    tables = manifest_io.write_manifest(inputs.out_dir, manifest)
     seconds = time.perf_counter() - started
     frames = sum(1 for c in checks if c.kind == "frame")
-    metrics = {
-        "videos": float(len(result.videos)),
-        "expressions": float(len(result.expressions)),
-        "quarantined": float(len(result.quarantine)),
-        "frames": float(sum(v.n_frames for v in result.videos)),
-        "files_checked": float(len(checks)),
-        "frames_per_second": frames / seconds if seconds > 0 else 0.0,
-        "seconds": seconds,
-        "check_seconds": check_seconds,
-        "splits": float(len(present)),
-    }
-    return StageResult("ingest", outputs, metrics, inputs.fingerprint)
+    return IngestResult(
+        videos_table=tables["videos"],
+        expressions_table=tables["expressions"],
+        quarantine_table=tables["quarantine"],
+        videos=len(manifest.videos),
+        expressions=len(manifest.expressions),
+        quarantined=len(manifest.quarantine),
+        frames=sum(v.n_frames for v in manifest.videos),
+        files_checked=len(checks),
+        frames_per_second=frames / seconds if seconds > 0 else 0.0,
+        seconds=seconds,
+        check_seconds=check_seconds,
+        splits=len(present),
+    )
 
 
 @ray.remote(num_cpus=1)
@@ -78,21 +104,6 @@ def _check_batch(batch, decode: bool) -> list[FileReport]:
 def _check_in_parallel(checks, cfg: IngestSection) -> dict[str, FileReport]:
     batches = [checks[i : i + cfg.chunk_frames] for i in range(0, len(checks), cfg.chunk_frames)]
     in_flight_limit = cfg.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    reports: dict[str, FileReport] = {}
-    pending: list = []
-    with progress_bar("ingest", total=len(checks), unit="file") as bar:
-        for batch in batches:
-            if len(pending) >= 2 * in_flight_limit:
-                pending = _collect(pending, reports, bar)
-            pending.append(_check_batch.remote(batch, cfg.check_images))
-        while pending:
-            pending = _collect(pending, reports, bar)
-    return reports
-
-
-def _collect(pending: list, reports: dict[str, FileReport], bar) -> list:
-    done, pending = ray.wait(pending, num_returns=1)
-    for report in ray.get(done[0]):
-        reports[report.uri] = report
-        bar.update(1)
-    return pending
+    tasks = (_check_batch.remote(batch, cfg.check_images) for batch in batches)
+    done = gather(tasks, [len(batch) for batch in batches], "ingest", unit="file", in_flight=2 * in_flight_limit)
+    return {report.uri: report for reports in done for report in reports}

@@ -13,18 +13,17 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import ray
-from ray.exceptions import RayTaskError
 
 from prvos_core import faults, storage
 from prvos_core.config import RefineSection
 from prvos_core.data.frames import read_object_mask, resize_map
 from prvos_core.data.layout import SplitPaths
 from prvos_core.data.manifest import Expression, Video, read_manifest
-from prvos_core.errors import StorageError, UserError
-from prvos_core.progress import progress_bar
+from prvos_core.errors import StorageError
 from prvos_core.pseudo.quality import QualityCounts, pseudo_label_quality, teacher_quality
 from prvos_core.pseudo.refine import RefinedExpression, RefineSummary, refine_expression
 from prvos_core.pseudo.store import (
@@ -40,7 +39,8 @@ from prvos_core.pseudo.store import (
     write_refined,
 )
 from prvos_core.pseudo.thresholds import ConfidenceHistogram, Thresholds, choose_thresholds
-from stages.result import StageResult
+from stages._ray import gather
+from stages.result import StageResult, measures, output
 
 CHUNK = 16  # expressions per Ray task: fixed, so the chunks (and the output) never depend on the cluster size
 SUMMARY_FILE = "summary.json"
@@ -54,8 +54,19 @@ class RefineInputs:
     pseudo_store: str  # the infer stage's <dir>/pseudo.zarr
     out_dir: str
     split: str = "train"
-    fingerprint: str = ""
     round_index: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RefineResult(StageResult):
+    stage: ClassVar[str] = "refine"
+    refined: str = output()  # the refined labels, <dir>/refined.zarr
+    frames: str = output()  # one decision per (expression, frame), <dir>/frames.parquet
+    summary: str = output()  # summary.json: `report` with nulls where nothing was measured
+    # summary.json's numbers: thresholds, frame counts, kept ratio, pseudo-label and teacher quality (on the
+    # ground-truth frames, and on full_annotations where the split has them).
+    report: dict[str, float] = measures()
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -68,18 +79,18 @@ class ChunkResult:
     full_teacher: QualityCounts  # the raw teacher on the same frames
 
 
-def run(inputs: RefineInputs, cfg: RefineSection) -> StageResult:
+def run(inputs: RefineInputs, cfg: RefineSection) -> RefineResult:
     started = time.perf_counter()
     manifest = read_manifest(inputs.manifest_dir)
-    videos = {(v.split, v.video_id): v for v in manifest.videos}
     expressions = sorted(manifest.split_expressions(inputs.split), key=lambda e: e.expression_id)
     _require_committed(inputs.pseudo_store, [e.expression_id for e in expressions])
-    jobs = [(e, videos[(e.split, e.video_id)]) for e in expressions]
+    jobs = [(e, manifest.video_of(e)) for e in expressions]
     chunks = [jobs[i : i + CHUNK] for i in range(0, len(jobs), CHUNK)]
+    sizes = [len(chunk) for chunk in chunks]
 
     histogram = ConfidenceHistogram()
     tasks = [_histogram.remote(chunk, inputs.pseudo_store) for chunk in chunks]
-    for part in _gather(tasks, chunks, "refine thresholds", inputs.round_index):
+    for part in gather(tasks, sizes, "refine thresholds", unit="expression", round_index=inputs.round_index):
         histogram.merge(part)
     thresholds = choose_thresholds(histogram, cfg)
 
@@ -91,7 +102,7 @@ def run(inputs: RefineInputs, cfg: RefineSection) -> StageResult:
     summary = RefineSummary(thresholds)
     full_refined, full_teacher = QualityCounts(), QualityCounts()
     rows: list[dict] = []
-    for part in _gather(tasks, chunks, "refine", inputs.round_index):
+    for part in gather(tasks, sizes, "refine", unit="expression", round_index=inputs.round_index):
         summary.merge(part.summary)
         full_refined, full_teacher = full_refined + part.full_refined, full_teacher + part.full_teacher
         rows.extend(part.rows)
@@ -102,10 +113,13 @@ def run(inputs: RefineInputs, cfg: RefineSection) -> StageResult:
     report = {**summary.to_dict(), **_full_report(full_refined, full_teacher)}
     summary_uri = storage.join(inputs.out_dir, SUMMARY_FILE)
     storage.write_json(summary_uri, report)
-    metrics = {key: float(value) for key, value in report.items() if value is not None}
-    metrics["seconds"] = time.perf_counter() - started
-    outputs = {"refined": refined_uri, "frames": frames_uri, "summary": summary_uri}
-    return StageResult("refine", outputs, metrics, inputs.fingerprint)
+    return RefineResult(
+        refined=refined_uri,
+        frames=frames_uri,
+        summary=summary_uri,
+        report={key: float(value) for key, value in report.items() if value is not None},
+        seconds=time.perf_counter() - started,
+    )
 
 
 def _require_committed(pseudo_uri: str, expression_ids: list[str]) -> None:
@@ -117,26 +131,6 @@ def _require_committed(pseudo_uri: str, expression_ids: list[str]) -> None:
             f"{pseudo_uri}: no committed pseudo-labels for expression(s) {shown} (infer stopped before writing "
             "them); resume the run so infer finishes them"
         )
-
-
-def _gather(tasks: list, chunks: list[list[Job]], stage: str, round_index: int | None) -> list:
-    """The tasks' results in submission order (so merging is deterministic), with progress in expressions.
-    A task's user error (bad mask file, inconsistent store) comes back as itself, without the Ray wrapping."""
-    position = {task: index for index, task in enumerate(tasks)}
-    results: list = [None] * len(tasks)
-    pending = list(tasks)
-    with progress_bar(stage, total=sum(map(len, chunks)), unit="expression", round_index=round_index) as bar:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            index = position[done[0]]
-            try:
-                results[index] = ray.get(done[0])
-            except RayTaskError as error:
-                if isinstance(error.cause, UserError):
-                    raise error.cause from None
-                raise
-            bar.update(len(chunks[index]))
-    return results
 
 
 @ray.remote(num_cpus=1)

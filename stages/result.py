@@ -19,11 +19,12 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, TypeVar
 
 from prvos_core.errors import StorageError
 
 _OUTPUT, _MEASURES = "marker_output", "marker_measures"
+Result = TypeVar("Result", bound="StageResult")
 
 
 def output(key: str | None = None, **field_options: Any) -> Any:
@@ -61,7 +62,7 @@ class StageResult:
         return outputs, metrics
 
     @classmethod
-    def from_marker(cls, outputs: dict[str, str], metrics: dict[str, float]) -> Self:
+    def from_marker(cls: type[Result], outputs: dict[str, str], metrics: dict[str, float]) -> Result:
         """The result a commit marker recorded; a marker without a required value raises StorageError."""
         hints = typing.get_type_hints(cls)
         values: dict[str, Any] = {}
@@ -70,7 +71,9 @@ class StageResult:
             if _MEASURES in item.metadata:
                 values[item.name] = {key: float(number) for key, number in metrics.items() if key not in named}
                 continue
-            source, key = (outputs, item.metadata[_OUTPUT] or item.name) if _OUTPUT in item.metadata else (metrics, item.name)
+            source, key = (
+                (outputs, item.metadata[_OUTPUT] or item.name) if _OUTPUT in item.metadata else (metrics, item.name)
+            )
             if key in source:
                 values[item.name] = _as_type(hints[item.name], source[key])
         required = [
@@ -81,9 +84,7 @@ class StageResult:
             and item.default_factory is dataclasses.MISSING
         ]
         if required:
-            raise StorageError(
-                f"the commit marker of a {cls.stage} stage lacks {', '.join(required)}; `prvos resume` re-runs it"
-            )
+            raise StorageError(f"the commit marker of a {cls.stage} stage lacks {', '.join(required)}")
         return cls(**values)
 
     @property

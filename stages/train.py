@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import ray
 import ray.train
@@ -24,17 +25,16 @@ from ray.train.torch import TorchTrainer
 
 from prvos_core import faults, storage
 from prvos_core.config import ModelSection, TextSection, TrainSection
-from prvos_core.data.clips import ClipDataset, ClipSource, ClipSpec, collate_clips
+from prvos_core.data.clips import ClipDataset, ClipSpec, clip_sources, collate_clips
 from prvos_core.data.manifest import read_manifest
 from prvos_core.errors import CheckpointError
-from prvos_core.model.builders import SIZES, build_model
+from prvos_core.model.builders import build_model, input_size
 from prvos_core.model.checkpoint import META_FILE, load_checkpoint, save_checkpoint
 from prvos_core.model.ema import EmaTeacher
 from prvos_core.model.loss import clip_loss
-from prvos_core.pseudo.store import open_store
 from prvos_core.text.cache import TextCache
-from stages.placement import current_node, write_placement
-from stages.result import StageResult
+from stages._ray import current_node, write_placement
+from stages.result import StageResult, output
 
 CHECKPOINT = "checkpoint"
 
@@ -52,15 +52,29 @@ class TrainInputs:
     init_checkpoint: str | None = None  # start from these student weights (the previous round's)
     seed: int = 0
     round_index: int = 0
-    fingerprint: str = ""
     text: TextSection = TextSection()  # the encoder the text cache was made with, recorded in the checkpoint
 
 
-def input_size(model: ModelSection) -> tuple[int, int]:
-    return tuple(model.input_size) if model.input_size else tuple(SIZES[model.size]["input_size"])
+@dataclass(frozen=True, kw_only=True)
+class TrainResult(StageResult):
+    """The student's final checkpoint, its per-epoch history, and its last epoch's numbers."""
+
+    stage: ClassVar[str] = "train"
+    checkpoint: str = output()  # the final checkpoint folder (model, optimizer, EMA teacher)
+    history: str = output()  # history.json: one entry per epoch
+    placement: str = output()
+    epoch: int  # the last epoch (0-based)
+    step: int
+    loss: float  # of the last epoch
+    clips_per_second: float
+    epoch_seconds: float
+    start_epoch: int  # where this run started: > 0 after a resume from a checkpoint
+    loss_first_epoch: float | None = None
+    nodes: int
+    seconds: float
 
 
-def run(inputs: TrainInputs, cfg: TrainSection) -> StageResult:
+def run(inputs: TrainInputs, cfg: TrainSection) -> TrainResult:
     started = time.perf_counter()
     if inputs.init_checkpoint:
         _check_init_checkpoint(inputs)
@@ -96,20 +110,24 @@ def run(inputs: TrainInputs, cfg: TrainSection) -> StageResult:
     history = storage.read_json(storage.join(final, META_FILE))["history"]
     history_uri = storage.join(inputs.out_dir, "history.json")
     storage.write_json(history_uri, history)
-    metrics = {key: float(value) for key, value in result.metrics.items() if isinstance(value, (int, float))}
-    if history:
-        metrics["loss_first_epoch"] = float(history[0]["loss"])
     clips_per_node = Counter()
     for epoch in history:
         clips_per_node.update(epoch.get("clips_per_node", {}))
-    metrics["nodes"] = float(len(clips_per_node))
-    metrics["seconds"] = time.perf_counter() - started
-    outputs = {
-        "checkpoint": final,
-        "history": history_uri,
-        "placement": write_placement(inputs.out_dir, clips_per_node, "clips"),
-    }
-    return StageResult("train", outputs, metrics, inputs.fingerprint)
+    last = result.metrics  # the last epoch's report (train_loop's `metrics`)
+    return TrainResult(
+        checkpoint=final,
+        history=history_uri,
+        placement=write_placement(inputs.out_dir, clips_per_node, "clips"),
+        epoch=last["epoch"],
+        step=last["step"],
+        loss=last["loss"],
+        clips_per_second=last["clips_per_second"],
+        epoch_seconds=last["epoch_seconds"],
+        start_epoch=last["start_epoch"],
+        loss_first_epoch=float(history[0]["loss"]) if history else None,
+        nodes=len(clips_per_node),
+        seconds=time.perf_counter() - started,
+    )
 
 
 def _check_init_checkpoint(inputs: TrainInputs) -> None:
@@ -125,31 +143,6 @@ def _check_init_checkpoint(inputs: TrainInputs) -> None:
         )
 
 
-def build_sources(inputs: TrainInputs, cfg: TrainSection) -> list[ClipSource]:
-    """Every expression of the split that has something to learn from: ground truth or chosen pseudo-labels."""
-    manifest = read_manifest(inputs.manifest_dir)
-    videos = {(v.split, v.video_id): v for v in manifest.videos}
-    refined = open_store(inputs.refined_store, mode="r") if inputs.refined_store else None
-    chosen = {}
-    if refined is not None:
-        chosen = {name: tuple(group.attrs.get("pseudo_frames", ())) for name, group in refined.groups()}
-    full = cfg.gt_source == "full_annotations"
-    sources = []
-    for expression in manifest.split_expressions(inputs.split):
-        video = videos[(expression.split, expression.video_id)]
-        gt_frames = video.frame_ids if full and expression.object_id else expression.gt_frames
-        sources.append(
-            ClipSource(
-                expression,
-                video,
-                gt_frames,
-                chosen.get(expression.expression_id, ()),
-                "full_annotations" if full else "Annotations",
-            )
-        )
-    return [source for source in sources if source.labelled]
-
-
 def train_loop(config: dict) -> None:
     """The per-worker training function (runs inside Ray Train workers)."""
     inputs: TrainInputs = config["inputs"]
@@ -161,10 +154,18 @@ def train_loop(config: dict) -> None:
     device = ray.train.torch.get_device()
     torch.manual_seed(inputs.seed + inputs.round_index)
 
-    spec = ClipSpec(cfg.clip_frames, input_size(inputs.model), cfg.min_crop, cfg.brightness)
+    spec = ClipSpec(
+        cfg.clip_frames, input_size(inputs.model.size, inputs.model.input_size), cfg.min_crop, cfg.brightness
+    )
     text = TextCache(inputs.text_cache, inputs.text_identity).load_all()
+    sources = clip_sources(
+        read_manifest(inputs.manifest_dir),
+        inputs.split,
+        refined_store=inputs.refined_store,
+        full_annotations=cfg.gt_source == "full_annotations",
+    )
     dataset = ClipDataset(
-        build_sources(inputs, cfg),
+        sources,
         text.lookup,
         spec,
         refined_store=inputs.refined_store,

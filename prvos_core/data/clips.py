@@ -20,9 +20,9 @@ from torch.utils.data import Dataset
 
 from prvos_core.data.frames import Box, load_frame, read_object_mask, resize_map
 from prvos_core.data.layout import SplitPaths
-from prvos_core.data.manifest import Expression, Video
+from prvos_core.data.manifest import Expression, Manifest, Video
 from prvos_core.labels import IGNORE_LABEL
-from prvos_core.pseudo.store import open_store, read_refined
+from prvos_core.pseudo.store import chosen_pseudo_frames, open_store, read_refined
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,32 @@ class ClipSource:
     @property
     def labelled(self) -> tuple[str, ...]:
         return tuple(sorted(set(self.gt_frames) | set(self.pseudo_frames)))
+
+
+def clip_sources(
+    manifest: Manifest, split: str, *, refined_store: str | None = None, full_annotations: bool = False
+) -> list[ClipSource]:
+    """Every expression of the split that has something to learn from: ground truth or chosen pseudo-labels.
+
+    refined_store: a refine stage's refined.zarr, whose chosen pseudo-labelled frames join the ground truth
+    (None: ground truth only). full_annotations: every frame of the video is ground truth, from
+    `full_annotations/` (the synthetic set's full-supervision upper bound).
+    """
+    chosen = chosen_pseudo_frames(open_store(refined_store, mode="r")) if refined_store else {}
+    sources = []
+    for expression in manifest.split_expressions(split):
+        video = manifest.video_of(expression)
+        gt_frames = video.frame_ids if full_annotations and expression.object_id else expression.gt_frames
+        sources.append(
+            ClipSource(
+                expression,
+                video,
+                gt_frames,
+                chosen.get(expression.expression_id, ()),
+                "full_annotations" if full_annotations else "Annotations",
+            )
+        )
+    return [source for source in sources if source.labelled]
 
 
 @dataclass(frozen=True)

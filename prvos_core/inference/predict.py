@@ -164,13 +164,13 @@ class Predictor:
         self.text = TextCache(text_cache, text_identity).load_all()
         manifest = read_manifest(manifest_dir)
         self.expressions = {e.expression_id: e for e in manifest.split_expressions(split)}
-        self.videos = {(v.split, v.video_id): v for v in manifest.videos}
+        self.manifest = manifest
         self.memory_frames = memory_frames
 
     def records(self, expression_id: str) -> tuple[Expression, Video]:
         """The expression of the split and its video."""
         expression = self.expressions[expression_id]
-        return expression, self.videos[(expression.split, expression.video_id)]
+        return expression, self.manifest.video_of(expression)
 
     def predict(
         self, expression: Expression, video: Video, input_size: tuple[int, int], *, first_mask_from_gt: bool

@@ -28,7 +28,8 @@ from prvos_core.errors import CheckpointError, UserError
 from prvos_core.inference.predict import Weights, load_predictor, upsample_prob
 from prvos_core.inference.propagation import iter_propagate
 from prvos_core.inference.video_io import DEFAULT_FPS, Mp4Writer, VideoSource, open_video
-from prvos_core.model.builders import SIZES
+from prvos_core.labels import binary_mask
+from prvos_core.model import builders
 from prvos_core.model.checkpoint import read_checkpoint_meta
 from prvos_core.progress import progress_bar
 from prvos_core.storage import check_replaceable, output_folder
@@ -82,7 +83,7 @@ def text_encoder_of(checkpoint: str | Path) -> tuple[str | None, int]:
 def model_input_size(meta: dict) -> tuple[int, int]:
     """(height, width) the checkpoint's model was trained at: its config, else its size's default."""
     configured = ((meta.get("config") or {}).get("model") or {}).get("input_size")
-    return tuple(configured) if configured else tuple(SIZES[meta["size"]]["input_size"])
+    return builders.input_size(meta["size"], configured)
 
 
 def predict_video(
@@ -180,7 +181,7 @@ def _predict_into(folder: Path, model, source: VideoSource, words: torch.Tensor,
     with Mp4Writer(folder / OVERLAY_FILE, size, fps) as writer, \
             progress_bar("predict", total=source.n_frames, unit="frame") as bar:  # fmt: skip
         for index, prob in enumerate(propagation):
-            mask = (upsample_prob(prob.float().cpu().numpy(), size) > 0.5).astype(np.uint8)
+            mask = binary_mask(upsample_prob(prob.float().cpu().numpy(), size))
             write_palette_mask(masks / f"{source.frame_ids[index]}.png", mask)
             writer.write(overlay_mask(frames.current, mask))
             foreground += bool(mask.any())

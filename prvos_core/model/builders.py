@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,14 @@ def model_spec(size: str, *, text_dim: int, trainable: str = "all_frozen_bn") ->
     if text_dim <= 0:
         raise ConfigError(f"text_dim must be positive (the text encoder's hidden width), got {text_dim}")
     return ModelSpec(size=size, text_dim=text_dim, trainable=trainable, **SIZES[size])
+
+
+def input_size(size: str, configured: Sequence[int] | None = None) -> tuple[int, int]:
+    """(height, width) the model sees: the configured size when given, else the named size's default."""
+    if size not in SIZES:
+        raise ConfigError(f"model size {size!r} is unknown; use one of {', '.join(SIZES)}")
+    height, width = configured if configured else SIZES[size]["input_size"]
+    return int(height), int(width)
 
 
 def build_model(

@@ -227,6 +227,12 @@ def read_refined(store: zarr.Group, expression_id: str, frames: Iterable[str] | 
     )
 
 
+def chosen_pseudo_frames(store: zarr.Group) -> dict[str, tuple[str, ...]]:
+    """Expression id -> the pseudo-labelled frames the refinement chose for training, for every expression of a
+    refined store (read from the attributes alone, no array)."""
+    return {name: tuple(group.attrs.get("pseudo_frames", ())) for name, group in store.groups()}
+
+
 def _committed_group(store: zarr.Group, expression_id: str) -> zarr.Group:
     try:
         group = store[expression_id]

@@ -14,10 +14,12 @@ from scipy import ndimage
 
 from prvos_core.metrics import (
     boundary_radius,
+    cumulative_iou,
     db_eval_boundary,
     db_eval_iou,
     disk_footprint,
     evaluate_expression,
+    iou_counts,
     overall_iou,
     seg2bmap,
     summarize,
@@ -315,6 +317,9 @@ def test_overall_iou_is_cumulative():
     assert overall_iou([np.zeros((2, 3, 3))], [np.zeros((2, 3, 3))]) == 1.0
     with pytest.raises(ValueError, match="paired"):
         overall_iou([gt_a, gt_b], [pred_a])
+    # The same from per-expression counts, as the evaluate stage gets them from its actors.
+    assert (iou_counts(gt_a, pred_a), iou_counts(gt_b, pred_b)) == ((2, 6), (3, 3))
+    assert cumulative_iou([2, 3], [6, 3]) == pytest.approx(5 / 9) and cumulative_iou([0], [0]) == 1.0
 
 
 # ---------------------------------------------------------------- agreement with the reference

@@ -251,12 +251,15 @@ def test_corrupted_and_mismatched_safetensors_are_one_line(tmp_path):
 def test_damaged_commit_marker(tmp_path, capsys):
     from pipelines.run_store import RunStore
     from pipelines.runner import run_stage
-    from stages.result import StageResult
+    from stages.ingest import IngestResult
 
     store = RunStore(str(tmp_path), "run")
     store.write_config(__import__("prvos_core.config", fromlist=["x"]).config_from_dict({"data": {"root": "d"}}))
-    work = lambda folder: StageResult("ingest", {}, {})  # noqa: E731
-    run_stage(store, "ingest", "fp", work)
+    counts = dict.fromkeys(("videos", "expressions", "quarantined", "frames", "files_checked", "splits"), 0)
+    empty = IngestResult(videos_table="v", expressions_table="e", quarantine_table="q", frames_per_second=0.0,
+                         seconds=0.0, check_seconds=0.0, **counts)  # fmt: skip
+    work = lambda folder: empty  # noqa: E731
+    run_stage(store, "ingest", "fp", work, IngestResult)
     Path(store.marker_uri("ingest")).write_text('{"stage": "ingest", "fingerprint": ')  # truncated
     with pytest.raises(StorageError, match="not valid JSON"):
         store.read_marker("ingest")
@@ -264,7 +267,7 @@ def test_damaged_commit_marker(tmp_path, capsys):
     verified = cli("status", store.run_dir, "--verify", capsys=capsys)
     assert "Traceback" not in verified.err
     # The runner treats an unreadable marker as no marker: the stage runs again and commits.
-    assert run_stage(store, "ingest", "fp", work).ran and store.read_marker("ingest").fingerprint == "fp"
+    assert run_stage(store, "ingest", "fp", work, IngestResult).ran and store.read_marker("ingest").fingerprint == "fp"
 
 
 def test_real_processes_print_no_traceback(tmp_path):

@@ -31,6 +31,7 @@ from pipelines.pipeline import run_pipeline
 from pipelines.run_store import RunStore, stage_plan
 from prvos_core.config import config_from_dict
 from stages import train
+from stages.text import TextResult
 from tests.e2e.test_pipeline import reduced_config
 from tests.reliability.conftest import REPO, assert_nothing_half_committed, assert_one_line_error, cli, prvos
 
@@ -139,7 +140,8 @@ def test_a_second_writer_is_refused_while_the_driver_runs(chain):
 
 def test_train_resumed_from_its_checkpoint_ends_as_an_uninterrupted_run(chain, ray_local):
     store, config = chain.store, chain.config
-    resumed = store.read_marker("r0-train")
+    marker = store.read_marker("r0-train")
+    resumed = train.TrainResult.from_marker(marker.outputs, marker.metrics)
     # After the worker kill Ray Train restored epoch 1's checkpoint: epoch 1 ran once, not again. The resume
     # after the driver kill restored it too.
     first, resumed_log = ((chain.tmp / f"attempt{i}.log").read_text(errors="replace") for i in (0, 1))
@@ -148,16 +150,17 @@ def test_train_resumed_from_its_checkpoint_ends_as_an_uninterrupted_run(chain, r
     assert f"r0 train: resumed from the checkpoint of epoch 1/{epochs}" in first  # the worker group restarted
     assert f"r0 train: resumed from the checkpoint of epoch 1/{epochs}" in resumed_log
     assert f"r0 train: epoch 1/{epochs}," not in resumed_log
-    text = store.read_marker("text").outputs
+    text_marker = store.read_marker("text")
+    text = TextResult.from_marker(text_marker.outputs, text_marker.metrics)
     inputs = train.TrainInputs(
-        manifest_dir=store.stage_dir("ingest"), text_cache=text["cache"], text_identity=text["identity"],
-        text_dim=int(text["dim"]), split=config.data.train_split, out_dir=str(chain.tmp / "reference-train"),
+        manifest_dir=store.stage_dir("ingest"), text_cache=text.cache, text_identity=text.identity,
+        text_dim=text.dim, split=config.data.train_split, out_dir=str(chain.tmp / "reference-train"),
         model=config.model, seed=config.run.seed, round_index=0,
     )  # fmt: skip
     reference = train.run(inputs, config.train)
-    assert resumed.metrics["loss"] == pytest.approx(reference.metrics["loss"], rel=1e-4, abs=1e-6)
-    expected = load_file(str(Path(reference.outputs["checkpoint"]) / "model.safetensors"))
-    actual = load_file(str(Path(resumed.outputs["checkpoint"]) / "model.safetensors"))
+    assert resumed.loss == pytest.approx(reference.loss, rel=1e-4, abs=1e-6)
+    expected = load_file(str(Path(reference.checkpoint) / "model.safetensors"))
+    actual = load_file(str(Path(resumed.checkpoint) / "model.safetensors"))
     assert expected.keys() == actual.keys()
     worst = max(float(np.abs(expected[k].astype(np.float64) - actual[k]).max()) for k in expected)
     assert worst <= 1e-5, worst

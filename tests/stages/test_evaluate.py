@@ -114,18 +114,18 @@ def test_scores_equal_prvos_core_metrics_on_the_same_predictions(tiny_run, check
 
     overall = summarize([s["J"] for s in scores.values()], [s["F"] for s in scores.values()])
     for key, value in overall.items():
-        assert result.metrics[key.replace("J&F", "JF").replace("P@", "P")] == pytest.approx(value, abs=1e-9), key
-    assert result.metrics["overall_iou"] == pytest.approx(overall_iou(gts, preds), abs=1e-12)
+        assert result.scores[key.replace("J&F", "JF").replace("P@", "P")] == pytest.approx(value, abs=1e-9), key
+    assert result.scores["overall_iou"] == pytest.approx(overall_iou(gts, preds), abs=1e-12)
     for annotator in (1, 2):
         own = [scores[e.expression_id] for e in expressions if e.annotator == annotator]
         part = summarize([s["J"] for s in own], [s["F"] for s in own])
         for key in ("J", "F"):
-            assert result.metrics[f"{key}_annotator{annotator}"] == pytest.approx(part[key], abs=1e-9)
-        assert result.metrics[f"JF_annotator{annotator}"] == pytest.approx(part["J&F"], abs=1e-9)
-    halves = [result.metrics["JF_annotator1"], result.metrics["JF_annotator2"]]
-    assert result.metrics["JF_annotator_mean"] == pytest.approx(np.mean(halves), abs=1e-12)
-    assert result.metrics["expressions"] == len(expressions)
-    assert result.metrics["frames"] == sum(len(e.gt_frames) for e in expressions)
+            assert result.scores[f"{key}_annotator{annotator}"] == pytest.approx(part[key], abs=1e-9)
+        assert result.scores[f"JF_annotator{annotator}"] == pytest.approx(part["J&F"], abs=1e-9)
+    halves = [result.scores["JF_annotator1"], result.scores["JF_annotator2"]]
+    assert result.scores["JF_annotator_mean"] == pytest.approx(np.mean(halves), abs=1e-12)
+    assert result.expressions == len(expressions)
+    assert result.frames == sum(len(e.gt_frames) for e in expressions)
     assert all(MLFLOW_SAFE.fullmatch(key) for key in result.metrics)
     assert json.loads((tmp_path / "metrics.json").read_text()) == pytest.approx(result.metrics)
 
@@ -145,7 +145,7 @@ def test_a_split_without_ground_truth_gives_the_submission_zip(tiny_run, checkpo
                                      checkpoint, "valid", str(out), SIZE)  # fmt: skip
     result = evaluate.run(inputs, EvaluateSection(actors=1))
     valid = [e for e in no_gt if e.split == "valid"]
-    assert result.outputs == {"submission": str(out / "submission.zip")}
+    assert result.to_marker()[0] == {"submission": str(out / "submission.zip")}
     assert [p.name for p in out.iterdir()] == ["submission.zip"]  # nothing staged is left behind
     with zipfile.ZipFile(out / "submission.zip") as bundle:
         expected = {f"Annotations/{e.video_id}/{e.exp_key}/{f}.png": (e, t) for e in valid
@@ -157,5 +157,5 @@ def test_a_split_without_ground_truth_gives_the_submission_zip(tiny_run, checkpo
             pixels = np.array(image)
             assert set(np.unique(pixels)) <= {0, 255}
             np.testing.assert_array_equal(pixels, student_masks[expression.expression_id][t] * 255)
-    assert result.metrics["expressions"] == len(valid)
-    assert result.metrics["frames"] == len(expected)
+    assert result.expressions == len(valid)
+    assert result.frames == len(expected)

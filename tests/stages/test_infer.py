@@ -74,8 +74,8 @@ def test_every_frame_is_stored_in_range_and_the_index_matches_the_store(tiny_run
     store = open_store(str(out / "pseudo.zarr"), mode="r")
     index = read_index(str(out / "index.parquet")).to_pandas()
     total = sum(len(e.all_frames) for e in expressions)
-    assert len(index) == total == result.metrics["frames"] and len(expressions) == result.metrics["expressions"]
-    assert result.metrics["skipped"] == 0 and result.metrics["computed"] == len(expressions)
+    assert len(index) == total == result.frames and len(expressions) == result.expressions
+    assert result.skipped == 0 and result.computed == len(expressions)
     assert set(index.status) == {"committed"}
     started_from_gt = 0
     for expression in expressions:
@@ -109,10 +109,10 @@ def test_every_frame_is_stored_in_range_and_the_index_matches_the_store(tiny_run
 def test_the_uint8_store_is_at_most_an_eighth_of_raw_float32(clean):
     out, result = clean
     on_disk = sum(p.stat().st_size for p in (out / "pseudo.zarr").rglob("*") if p.is_file())
-    assert result.metrics["store_bytes"] == on_disk
-    assert result.metrics["bytes_per_frame"] == on_disk / result.metrics["frames"]
+    assert result.store_bytes == on_disk
+    assert result.bytes_per_frame == on_disk / result.frames
     raw_float32_pair = 2 * 4 * SIZE[0] * SIZE[1]
-    assert result.metrics["bytes_per_frame"] <= raw_float32_pair / 8
+    assert result.bytes_per_frame <= raw_float32_pair / 8
 
 
 def test_stored_labels_are_the_core_predictor_quantised(tiny_run, checkpoint, clean, one_torch_thread):
@@ -153,7 +153,7 @@ def test_an_interrupted_infer_resumes_to_the_same_bytes(tiny_run, checkpoint, cl
 
     # One actor where the clean run had two: the stored bytes do not depend on the pool.
     resumed = infer.run(_inputs(tiny_run, checkpoint, out), InferSection(actors=1))
-    assert resumed.metrics["computed"] == 2 and resumed.metrics["skipped"] == len(names) - 2
+    assert resumed.computed == 2 and resumed.skipped == len(names) - 2
     assert _files(out / "pseudo.zarr") == _files(reference / "pseudo.zarr")
     assert pq.read_table(out / "index.parquet").equals(pq.read_table(reference / "index.parquet"))
     assert (out / "pseudo.zarr" / names[0] / "prob" / "c" / "0" / "0" / "0").stat().st_mtime_ns == untouched
@@ -165,8 +165,8 @@ def test_a_finished_infer_runs_again_without_model_work(tiny_run, checkpoint, cl
     shutil.copytree(reference, out)
     stamps = {p: p.stat().st_mtime_ns for p in (out / "pseudo.zarr").rglob("*") if p.is_file()}
     again = infer.run(_inputs(tiny_run, checkpoint, out), InferSection(actors=2))
-    assert again.metrics["computed"] == 0 and again.metrics["skipped"] == first.metrics["expressions"]
-    assert again.metrics["frames_per_second"] == 0.0 and again.metrics["frames"] == first.metrics["frames"]
+    assert again.computed == 0 and again.skipped == first.expressions
+    assert again.frames_per_second == 0.0 and again.frames == first.frames
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert pq.read_table(out / "index.parquet").equals(pq.read_table(reference / "index.parquet"))
 
@@ -181,7 +181,7 @@ def test_a_store_left_by_other_inputs_starts_afresh(tiny_run, checkpoint, clean,
     write_manifest(str(tmp_path / "manifest"), Manifest(manifest.videos, tuple(kept), ()))
     inputs = _inputs(tiny_run, checkpoint, out, manifest_dir=str(tmp_path / "manifest"))
     result = infer.run(inputs, InferSection(actors=1, encoding="float16"))
-    assert result.metrics["skipped"] == 0 and result.metrics["computed"] == 3
+    assert result.skipped == 0 and result.computed == 3
     store = zarr.open_group(str(out / "pseudo.zarr"), mode="r")
     assert sorted(name for name, _ in store.groups()) == sorted(e.expression_id for e in kept)
     old = open_store(str(reference / "pseudo.zarr"), mode="r")

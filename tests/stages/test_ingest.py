@@ -131,8 +131,8 @@ def test_every_broken_item_is_quarantined_with_its_reason(tmp_path, ray_local):
     good = {e.exp_key: e for e in manifest.expressions if e.video_id == "good"}
     assert good["0"].expression_id == expression_id("good", "1", "the cat on the left")
     assert good["0"].gt_frames == ("00000", "00001", "00002", "00003") and good["0"].category == "cat"
-    assert result.metrics["quarantined"] == len(expected["reasons"])
-    assert result.metrics["expressions"] == 3
+    assert result.quarantined == len(expected["reasons"])
+    assert result.expressions == 3
     assert pq.read_table(out / "quarantine.parquet").num_rows == len(expected["reasons"])
 
 
@@ -219,7 +219,7 @@ def test_missing_dataset_is_one_clear_error(tmp_path, ray_local):
 def test_converted_ref_davis_keeps_annotator_and_kind(shared_data, tmp_path, ray_local):
     """convert-davis -> ingest: the same sentence from two annotators or kinds stays two expressions."""
     from prvos_core.datasets.davis import convert_davis
-    from tests.prvos_core.test_davis import _make_davis, _make_text
+    from tests.prvos_core.datasets.test_davis import _make_davis, _make_text
 
     davis_root, text_dir = tmp_path / "DAVIS", tmp_path / "text"
     _make_davis(shared_data, davis_root)

@@ -50,7 +50,7 @@ from stages import ingest, refine
 SIZE = (24, 24)  # the teacher's (model input) resolution; the dataset is 48x48
 MLFLOW_KEY = re.compile(r"^[A-Za-z0-9_\-./ ]+$")
 # The hand-made teacher below changes objects' areas on purpose (unsure and confidently wrong pixels), so the
-# object-area frame rule is off here; tests/prvos_core/test_refine.py covers it.
+# object-area frame rule is off here; tests/prvos_core/pseudo/test_refine.py covers it.
 DEFAULT = RefineSection(min_area_ratio=0.0, max_area_ratio=None)
 
 
@@ -165,7 +165,7 @@ def default_run(round_, tmp_path_factory):
 def test_refined_labels_and_summary_equal_the_core_on_the_same_arrays(round_, default_run):
     result, out_dir, summary = default_run
     direct = _direct(round_, DEFAULT)
-    store = open_store(result.outputs["refined"], mode="r")
+    store = open_store(result.refined, mode="r")
     assert sorted(name for name, _ in store.groups()) == sorted(direct.refined)
     for expression in round_.expressions():
         expected, frame_ids = direct.refined[expression.expression_id], expression.all_frames
@@ -181,8 +181,8 @@ def test_refined_labels_and_summary_equal_the_core_on_the_same_arrays(round_, de
     assert summary["threshold_fg"] >= 0.7 and summary["threshold_bg"] >= 0.7
     assert summary["frames_pseudo_labelled"] == 3 * len(direct.refined)
     for key, value in expected_summary.items():
-        assert result.metrics[key] == pytest.approx(value), key
-    assert result.outputs == {
+        assert result.report[key] == pytest.approx(value), key
+    assert result.to_marker()[0] == {
         "refined": str(out_dir / "refined.zarr"),
         "frames": str(out_dir / "frames.parquet"),
         "summary": str(out_dir / "summary.json"),
@@ -195,13 +195,13 @@ def test_thresholds_come_from_the_frames_without_ground_truth(round_, tmp_path):
     result = _run(round_, tmp_path, cfg)
     direct = _direct(round_, cfg)
     thresholds = direct.summary.thresholds
-    assert (result.metrics["threshold_fg"], result.metrics["threshold_bg"]) == (thresholds.fg, thresholds.bg)
+    assert (result.report["threshold_fg"], result.report["threshold_bg"]) == (thresholds.fg, thresholds.bg)
     assert 0.5 < thresholds.fg < 0.999 and 0.5 < thresholds.bg < 0.999
     every_frame = ConfidenceHistogram()
     for pseudo in direct.pseudo.values():
         every_frame.add(pseudo.prob)
     assert choose_thresholds(every_frame, cfg) != thresholds
-    store = open_store(result.outputs["refined"], mode="r")
+    store = open_store(result.refined, mode="r")
     for expression_id, expected in direct.refined.items():
         assert store[expression_id]["label"][:].tobytes() == expected.label.tobytes()
         assert store[expression_id]["weight"][:].tobytes() == quantize_unit(expected.weight).tobytes()
@@ -209,7 +209,7 @@ def test_thresholds_come_from_the_frames_without_ground_truth(round_, tmp_path):
 
 def test_ignored_pixels_are_exactly_the_low_confidence_ones(round_, default_run):
     result, _, summary = default_run
-    store, pseudo = open_store(result.outputs["refined"], mode="r"), open_store(round_.pseudo_store, mode="r")
+    store, pseudo = open_store(result.refined, mode="r"), open_store(round_.pseudo_store, mode="r")
     for expression in round_.expressions():
         stored = read_refined(store, expression.expression_id)
         prob = read_pseudo_label(pseudo, expression.expression_id).prob
@@ -237,7 +237,7 @@ def frame_ids_not_chosen(expression: Expression, stored: RefinedLabel) -> list[s
 
 def test_frames_table_has_one_decision_per_frame(round_, default_run):
     result, _, _ = default_run
-    table = storage.read_parquet(result.outputs["frames"])
+    table = storage.read_parquet(result.frames)
     assert table.schema.equals(FRAMES_SCHEMA)
     expressions = round_.expressions()
     assert table.num_rows == sum(len(e.all_frames) for e in expressions)
@@ -268,7 +268,7 @@ def test_frames_table_has_one_decision_per_frame(round_, default_run):
 
 def test_refinement_beats_the_raw_teacher_on_the_chosen_frames(round_, default_run):
     result, _, summary = default_run
-    store, pseudo = open_store(result.outputs["refined"], mode="r"), open_store(round_.pseudo_store, mode="r")
+    store, pseudo = open_store(result.refined, mode="r"), open_store(round_.pseudo_store, mode="r")
     refined_counts = teacher_counts = QualityCounts()
     kept = total = wrong_and_sure = 0
     for expression in round_.expressions():
@@ -293,7 +293,7 @@ def test_refinement_beats_the_raw_teacher_on_the_chosen_frames(round_, default_r
     assert refined_counts.fp == wrong_and_sure > 0
     assert summary["pseudo_precision_full"] > summary["teacher_precision_full"] + 0.1
     assert summary["pseudo_iou_full"] > summary["teacher_iou_full"]
-    assert result.metrics["pseudo_precision_full"] == pytest.approx(summary["pseudo_precision_full"])
+    assert result.report["pseudo_precision_full"] == pytest.approx(summary["pseudo_precision_full"])
     assert all(MLFLOW_KEY.match(key) for key in result.metrics)
 
 
@@ -303,7 +303,7 @@ def test_disabled_refinement_keeps_every_pixel_and_frame(round_, tmp_path):
     assert (summary["threshold_fg"], summary["threshold_bg"]) == (0.5, 0.5)
     assert summary["kept_ratio"] == 1.0 and summary["pseudo_coverage_full"] == 1.0
     assert summary["pseudo_precision_full"] == summary["teacher_precision_full"]
-    store, pseudo = open_store(result.outputs["refined"], mode="r"), open_store(round_.pseudo_store, mode="r")
+    store, pseudo = open_store(result.refined, mode="r"), open_store(round_.pseudo_store, mode="r")
     for expression in round_.expressions():
         stored = read_refined(store, expression.expression_id)
         assert (stored.label != IGNORE_LABEL).all() and (stored.weight == 1).all()
@@ -312,7 +312,7 @@ def test_disabled_refinement_keeps_every_pixel_and_frame(round_, tmp_path):
         for frame in stored.pseudo_frames:
             t = expression.all_frames.index(frame)
             assert np.array_equal(stored.label[t], (prob[t] > 0.5).astype(np.uint8))
-    assert all(storage.read_parquet(result.outputs["frames"]).column("kept").to_pylist())
+    assert all(storage.read_parquet(result.frames).column("kept").to_pylist())
 
 
 def test_a_split_without_pseudo_frames_leaves_undefined_metrics_out(round_, tmp_path):

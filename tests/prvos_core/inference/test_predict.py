@@ -1,9 +1,12 @@
-"""Tests of prvos_core.inference.predict: which weights run, lazy frame decoding, the first-frame ground-truth start, and
-bilinear upsampling, on a tiny synthetic video and a seeded random tiny model."""
+"""Tests of prvos_core.inference.predict: which weights run, lazy frame decoding, the first-frame ground-truth start,
+bilinear upsampling, and the Ray-free Predictor (checkpoint + text cache + manifest -> an expression's
+probabilities) with the checks made before a fleet of them starts, on a tiny synthetic video and a seeded random
+tiny model."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -13,9 +16,12 @@ from PIL import Image
 
 import prvos_core.inference.predict as predict
 from prvos_core.data.frames import decode_frame, resize_frame
-from prvos_core.data.manifest import Expression, Video
+from prvos_core.data.manifest import Expression, Manifest, Video, write_manifest
 from prvos_core.datasets.synth import generate_synthetic
+from prvos_core.errors import CheckpointError, DataError
 from prvos_core.inference.predict import (
+    Predictor,
+    check_prediction_inputs,
     choose_device,
     load_predictor,
     predict_expression,
@@ -26,6 +32,7 @@ from prvos_core.inference.propagation import propagate
 from prvos_core.model.builders import build_model
 from prvos_core.model.checkpoint import save_checkpoint
 from prvos_core.model.ema import EmaTeacher
+from prvos_core.text.cache import TextCache, TextNotCachedError
 
 SIZE = (32, 32)
 TEXT_DIM = 16
@@ -70,6 +77,27 @@ def text() -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(1)
     words = torch.randn(6, TEXT_DIM, generator=generator)
     return words, torch.tensor([True, True, True, True, False, False])
+
+
+class _SeededEncoder:
+    """A stand-in text encoder for the cache: seeded random token features (6 tokens, 4 real) per text."""
+
+    identity, max_tokens, dim = "seeded-test-encoder", 6, TEXT_DIM
+
+    def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        generator = torch.Generator().manual_seed(len(texts))
+        words = torch.randn(len(texts), self.max_tokens, self.dim, generator=generator)
+        return words, torch.tensor([[True] * 4 + [False] * 2] * len(texts))
+
+
+@pytest.fixture(scope="module")
+def split_on_disk(tmp_path_factory, video) -> tuple[str, str, str]:
+    """The video's manifest (one expression) and a text cache holding its text: (manifest dir, cache, identity)."""
+    folder = tmp_path_factory.mktemp("split")
+    write_manifest(str(folder / "manifest"), Manifest((video,), (_expression(video),), ()))
+    cache = TextCache(str(folder / "text.zarr"), _SeededEncoder.identity)
+    cache.build([_expression(video).text], _SeededEncoder())
+    return str(folder / "manifest"), str(folder / "text.zarr"), _SeededEncoder.identity
 
 
 def _same_weights(left: torch.nn.Module, right: torch.nn.Module) -> bool:
@@ -182,3 +210,38 @@ def test_a_named_device_resolves_auto_to_cuda_only_when_visible_and_refuses_the_
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="no GPU is visible"):
             resolve_device("cuda")
+
+
+@pytest.mark.parametrize("weights", ["student", "ema"])
+def test_a_predictor_labels_an_expression_as_propagation_does(video, models, checkpoint, split_on_disk, weights,
+                                                              one_torch_thread):  # fmt: skip
+    """What each actor of infer and evaluate runs, here without Ray: the checkpoint's weights, the cached text."""
+    manifest_dir, text_cache, identity = split_on_disk
+    predictor = Predictor(checkpoint, weights, text_cache, identity, manifest_dir, "train", memory_frames=2)
+    expression, found = predictor.records("e1")
+    assert expression == _expression(video) and found == video
+    got = list(predictor.predict(expression, video, SIZE, first_mask_from_gt=False))
+    assert [index for index, _ in got] == list(range(6))
+    assert all(prob.dtype == np.float32 and prob.shape == SIZE for _, prob in got)
+
+    student, teacher = models
+    model = student if weights == "student" else teacher.model
+    words, word_mask = TextCache(text_cache, identity).lookup([expression.text])  # float16 rows, as cached
+    paths = [f"{video.dataset_root}/train/JPEGImages/{video.video_id}/{frame}.jpg" for frame in video.frame_ids]
+    frames = torch.from_numpy(np.stack([resize_frame(decode_frame(p), SIZE) for p in paths])).float() / 255
+    expected = propagate(model.eval(), frames, words[0], word_mask[0], None, 2).numpy()
+    np.testing.assert_array_equal(np.stack([prob for _, prob in got]), expected)
+
+
+def test_prediction_inputs_are_checked_in_one_line_each(video, checkpoint, split_on_disk, tmp_path):
+    manifest_dir, text_cache, identity = split_on_disk
+    manifest, expressions = check_prediction_inputs(manifest_dir, "train", checkpoint, text_cache, identity)
+    assert manifest.videos == (video,) and expressions == [_expression(video)]
+    with pytest.raises(DataError, match="split 'valid' has no expressions in the manifest"):
+        check_prediction_inputs(manifest_dir, "valid", checkpoint, text_cache, identity)
+    with pytest.raises(CheckpointError, match="checkpoint.json not found"):
+        check_prediction_inputs(manifest_dir, "train", str(tmp_path), text_cache, identity)
+    unknown = replace(_expression(video), text="a text the cache never saw")
+    write_manifest(str(tmp_path / "manifest"), Manifest((video,), (unknown,), ()))
+    with pytest.raises(TextNotCachedError, match="'a text the cache never saw' is not in the text cache"):
+        check_prediction_inputs(str(tmp_path / "manifest"), "train", checkpoint, text_cache, identity)

@@ -19,7 +19,7 @@ from prvos_core.model.backbones import (
     EfficientNetLite0Backbone,
     efficientnet_lite0_classifier,
 )
-from prvos_core.model.builders import build_model, count_parameters
+from prvos_core.model.builders import build_model, count_parameters, input_size
 from prvos_core.model.loss import clip_loss
 
 TEXT_DIM = 384
@@ -172,6 +172,13 @@ def test_r50_matches_the_paper_setting_and_torchvision_resnet50():
     assert model.text_projection[0].in_features == 768
     # torchvision's ResNet-50 has 25,557,032 parameters; its fc layer (2048 x 1000 + 1000) is not used.
     assert count_parameters(model).parts["backbone"] == 25_557_032 - 2_049_000
+
+
+def test_the_input_size_is_the_configured_one_else_the_named_sizes():
+    assert input_size("tiny") == (128, 128) and input_size("r50", None) == (320, 320)
+    assert input_size("tiny", [32, 48]) == (32, 48)
+    with pytest.raises(ConfigError, match="tiny, r50"):
+        input_size("r18")
 
 
 def test_builder_errors_are_config_errors():
