@@ -24,7 +24,7 @@ from prvos_core.data.frames import read_object_mask, resize_map
 from prvos_core.data.layout import SplitPaths
 from prvos_core.data.manifest import Expression, Video, read_manifest
 from prvos_core.errors import StorageError
-from prvos_core.pseudo.quality import QualityCounts, pseudo_label_quality, teacher_quality
+from prvos_core.pseudo.quality import QualityCounts, pseudo_label_quality, quality_metrics, teacher_quality
 from prvos_core.pseudo.refine import RefinedExpression, RefineSummary, refine_expression
 from prvos_core.pseudo.store import (
     FRAMES_FILE,
@@ -220,13 +220,4 @@ def _full_annotation_quality(
 
 def _full_report(refined: QualityCounts, teacher: QualityCounts) -> dict[str, float | int | None]:
     """The chosen pseudo-labelled frames against full_annotations; None where nothing was scored."""
-    return {
-        "pseudo_precision_full": refined.precision,
-        "pseudo_recall_full": refined.recall,
-        "pseudo_iou_full": refined.iou,
-        "pseudo_coverage_full": refined.coverage,
-        "teacher_precision_full": teacher.precision,
-        "teacher_recall_full": teacher.recall,
-        "teacher_iou_full": teacher.iou,
-        "pixels_scored_full": teacher.total,
-    }
+    return {**quality_metrics(refined, teacher, "_full"), "pixels_scored_full": teacher.total}

@@ -29,7 +29,7 @@ from prvos_core.data.clips import ClipDataset, ClipSpec, clip_sources, collate_c
 from prvos_core.data.manifest import read_manifest
 from prvos_core.errors import CheckpointError
 from prvos_core.model.builders import build_model, input_size
-from prvos_core.model.checkpoint import META_FILE, load_checkpoint, save_checkpoint
+from prvos_core.model.checkpoint import META_FILE, load_checkpoint, read_checkpoint_meta, save_checkpoint
 from prvos_core.model.ema import EmaTeacher
 from prvos_core.model.loss import clip_loss
 from prvos_core.text.cache import TextCache
@@ -107,7 +107,7 @@ def run(inputs: TrainInputs, cfg: TrainSection) -> TrainResult:
     with tempfile.TemporaryDirectory() as local:
         result.checkpoint.to_directory(local)
         storage.upload_folder(os.path.join(local, CHECKPOINT), final, last=META_FILE)
-    history = storage.read_json(storage.join(final, META_FILE))["history"]
+    history = read_checkpoint_meta(final)["history"]
     history_uri = storage.join(inputs.out_dir, "history.json")
     storage.write_json(history_uri, history)
     clips_per_node = Counter()
@@ -133,8 +133,8 @@ def run(inputs: TrainInputs, cfg: TrainSection) -> TrainResult:
 def _check_init_checkpoint(inputs: TrainInputs) -> None:
     """A start checkpoint of another model fails here, in one line, before any worker starts (inside a worker
     the same mismatch would surface as Ray Train's failure after its retries)."""
-    meta = storage.read_json(storage.join(inputs.init_checkpoint, "checkpoint.json"))
-    found = (meta.get("size"), meta.get("text_dim")) if isinstance(meta, dict) else (None, None)
+    meta = read_checkpoint_meta(inputs.init_checkpoint)
+    found = (meta["size"], meta["text_dim"])
     if found != (inputs.model.size, inputs.text_dim):
         raise CheckpointError(
             f"{inputs.init_checkpoint} holds a {found[0]} model with text_dim {found[1]}, but round "

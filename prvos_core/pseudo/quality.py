@@ -82,3 +82,17 @@ def pseudo_label_quality(label: np.ndarray, gt_mask: np.ndarray) -> QualityCount
 def teacher_quality(prob: np.ndarray, gt_mask: np.ndarray) -> QualityCounts:
     """The raw teacher against ground truth: p > 0.5 is foreground, every pixel kept."""
     return pseudo_label_quality(binary_mask(prob), gt_mask)
+
+
+def quality_metrics(pseudo: QualityCounts, teacher: QualityCounts, suffix: str = "") -> dict[str, float | None]:
+    """The refined labels' precision, recall, IoU and coverage and the raw teacher's precision, recall and IoU,
+    named as a refine summary names them (`suffix` tells apart where they were scored, e.g. "_full")."""
+    return {
+        f"pseudo_precision{suffix}": pseudo.precision,
+        f"pseudo_recall{suffix}": pseudo.recall,
+        f"pseudo_iou{suffix}": pseudo.iou,
+        f"pseudo_coverage{suffix}": pseudo.coverage,
+        f"teacher_precision{suffix}": teacher.precision,
+        f"teacher_recall{suffix}": teacher.recall,
+        f"teacher_iou{suffix}": teacher.iou,
+    }

@@ -20,7 +20,7 @@ import numpy as np
 
 from prvos_core.config import RefineSection
 from prvos_core.labels import IGNORE_LABEL, confidence, predicted_foreground
-from prvos_core.pseudo.quality import QualityCounts, pseudo_label_quality, ratio, teacher_quality
+from prvos_core.pseudo.quality import QualityCounts, pseudo_label_quality, quality_metrics, ratio, teacher_quality
 from prvos_core.pseudo.store import FrameDecision
 from prvos_core.pseudo.thresholds import Thresholds
 
@@ -246,11 +246,5 @@ class RefineSummary:
             "frames_pseudo_labelled": self.pseudo_frames,
             "frames_rejected": self.rejected_frames,
             "kept_ratio": ratio(self.pseudo_pixels_kept, self.pseudo_pixels),
-            "pseudo_precision": self.pseudo_quality.precision,
-            "pseudo_recall": self.pseudo_quality.recall,
-            "pseudo_iou": self.pseudo_quality.iou,
-            "pseudo_coverage": self.pseudo_quality.coverage,
-            "teacher_precision": self.teacher_quality.precision,
-            "teacher_recall": self.teacher_quality.recall,
-            "teacher_iou": self.teacher_quality.iou,
+            **quality_metrics(self.pseudo_quality, self.teacher_quality),
         }
