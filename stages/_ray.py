@@ -27,20 +27,20 @@ import os
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import ray
-import ray.data
-import torch
 from ray.exceptions import RayTaskError
 
 from prvos_core import faults, storage
 from prvos_core.config import EvaluateSection, InferSection
 from prvos_core.data.manifest import Expression, Video
 from prvos_core.errors import UserError, first_line
-from prvos_core.inference.predict import Predictor, Weights, choose_device
 from prvos_core.progress import progress_bar
+
+if TYPE_CHECKING:
+    from prvos_core.inference.predict import Weights
 
 PLACEMENT_FILE = "placement.json"
 
@@ -137,6 +137,12 @@ class PredictorActor:
     fault_point: ClassVar[str]  # prvos_core.faults point, counted per call (tests of resume)
 
     def __init__(self, inputs: ModelInputs, cfg: InferSection | EvaluateSection, weights: Weights) -> None:
+        # Imported here, not at the top: refine's and ingest's task workers import this module too, and torch,
+        # the model and Ray Data would add seconds to each of their starts.
+        import torch
+
+        from prvos_core.inference.predict import Predictor, choose_device
+
         # Ray gives each actor cpus_per_actor cores, but torch would start one thread per core of the node:
         # 2 actors x N threads on 2 cores oversubscribe and run slower than 1 thread each.
         torch.set_num_threads(cfg.threads_per_actor)
@@ -195,6 +201,8 @@ def run_pool(
     placement: counts the finished expressions per Ray node. A user error met by an actor is raised here as
     its own class and line, once the pool is shut down.
     """
+    import ray.data
+
     ids = sorted(expression_ids)
     if not ids:
         return
@@ -256,6 +264,8 @@ def run_pool(
 def _quiet_ray_data() -> None:
     """Ray Data's own progress bars and plan printing flood non-terminal logs (the stages show their own);
     a failing actor should surface the original error (a one-line DataError, say), not a wrapper."""
+    import ray.data
+
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.enable_operator_progress_bars = False
