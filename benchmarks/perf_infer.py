@@ -113,7 +113,7 @@ def _bare_inputs(space, checkpoint: str):
     inputs = {}
     for expression in manifest.split_expressions("train"):
         video = videos[expression.video_id]
-        paths = SplitPaths(Path(video.dataset_root), video.split)
+        paths = video.paths
         uris = [str(paths.frame_path(video.video_id, frame)) for frame in video.frame_ids]
         frames = _LazyFrames(uris, SIZE, (video.height, video.width))[:]  # the stage's own decode, done up front
         words, mask = cache.lookup([expression.text])

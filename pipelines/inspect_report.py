@@ -180,7 +180,7 @@ def _strip(item: _Chosen, pseudo_store, refined_store, decisions: list[FrameDeci
     pseudo = read_pseudo_label(pseudo_store, expression.expression_id)
     refined = read_refined(refined_store, expression.expression_id)
     shown = choose_columns(decisions, MAX_COLUMNS)
-    paths = SplitPaths(Path(video.dataset_root), video.split)
+    paths = video.paths
     frames, truth = [], {}
     for column, t in enumerate(shown):
         frame = pseudo.frame_ids[t]

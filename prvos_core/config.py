@@ -65,6 +65,9 @@ class SynthSection(Section):
     size: tuple[int, int] = (96, 96)  # frame height, width
     label_every: int = Field(5, ge=1)  # train masks on every K-th frame, as in Ref-YouTube-VOS
     seed: int = 0
+    # Extra train videos written to the split `unlabelled`: expressions and frames, masks only in
+    # full_annotations/ (hidden, to score pseudo-labels). Use them with data.unlabelled_split: unlabelled.
+    unlabelled_videos: int = Field(0, ge=0)
     dynamics: Literal["linear", "varied"] = "linear"  # "varied": objects sway, pulse, turn and shade over a video
 
     @field_validator("size")
@@ -75,20 +78,49 @@ class SynthSection(Section):
         return value
 
 
+def parse_label_regime(text: str) -> tuple[str, int | None]:
+    """`data.train_labels` -> ("provided", None) | ("first", None) | ("every", K); ValueError naming the forms."""
+    value = str(text).strip()
+    if value in ("provided", "first"):
+        return value, None
+    kind, sep, count = value.partition(":")
+    if kind == "every" and sep and count.strip().isdigit() and int(count) >= 1:
+        return "every", int(count)
+    raise ValueError(f"label regime {value!r} does not parse; use provided, first or every:K with K >= 1 (every:5)")
+
+
 class DataSection(Section):
     root: str  # dataset root in the Ref-YouTube-VOS layout, or a merged new_<split>.json file
     train_split: str = "train"
     valid_split: str = "valid"
     synth: SynthSection | None = None  # set: generate a synthetic dataset at `root` if it is absent
+    # Which ground-truth masks of the train split training (and the teacher) may use: "provided" (all there
+    # are), "first" (each expression's first annotated frame: the semi-supervised protocol of Ref-DAVIS17) or
+    # "every:K" (frames at positions 0, K, 2K, ... of the video). Hidden masks only score pseudo-labels.
+    train_labels: str = "provided"
+    # Train videos with expressions and no masks: split `unlabelled_split` of `unlabelled_root` (None: `root`).
+    # The teacher labels them whole and the student trains on their refined pseudo-labels.
+    unlabelled_split: str | None = None
+    unlabelled_root: str | None = None
 
-    _root_without_credentials = field_validator("root")(_no_credentials)
+    _root_without_credentials = field_validator("root", "unlabelled_root")(_no_credentials)
 
-    @field_validator("train_split", "valid_split")
+    @field_validator("train_split", "valid_split", "unlabelled_split")
     @classmethod
-    def _safe_split(cls, value: str) -> str:
-        if problem := id_problem(value):
+    def _safe_split(cls, value: str | None) -> str | None:
+        if value is not None and (problem := id_problem(value)):
             raise ValueError(problem)
         return value
+
+    @field_validator("train_labels")
+    @classmethod
+    def _regime_parses(cls, value: str) -> str:
+        parse_label_regime(value)
+        return value
+
+    @property
+    def label_regime(self) -> tuple[str, int | None]:
+        return parse_label_regime(self.train_labels)
 
 
 class IngestSection(Section):
@@ -149,6 +181,12 @@ class InferSection(Section):
     encoding: Literal["uint8", "float16"] = "uint8"  # pseudo-label store precision
     memory_frames: int = Field(4, ge=0)  # recent frames kept in memory besides the first
     first_frame_gt: bool = True  # start from the ground-truth mask when the first frame has one
+    # "all": every ground-truth frame of the expression enters memory and the teacher propagates forward and
+    # backward from them, fusing the two passes by temporal distance; "first": forward from frame 0 only.
+    anchors: Literal["all", "first"] = "all"
+    # "entropy": binary entropy of the teacher's probability; "flip": also run the horizontally flipped video
+    # and use the disagreement |p - p_flip| (expressions naming left/right keep entropy).
+    uncertainty: Literal["entropy", "flip"] = "entropy"
     teacher: Literal["ema", "student"] = "ema"  # the EMA of the student, or its raw last weights
 
 
@@ -176,6 +214,10 @@ class RefineSection(Section):
     # frames is rejected: the teacher lost the object (or took in a neighbour). 0 / null disable a bound.
     min_area_ratio: float = Field(0.5, ge=0)
     max_area_ratio: float | None = Field(2.0, ge=0)
+    # Expressions without any ground-truth frame (unlabelled videos): the area rule compares with the median
+    # predicted area over the expression's frames, and a frame whose predicted mask overlaps its neighbours'
+    # (IoU with the previous and next frame's, averaged) less than this is rejected: the teacher jumped.
+    min_temporal_iou: float = Field(0.5, ge=0, le=1)
 
     @model_validator(mode="after")
     def _bounds_ordered(self) -> RefineSection:
@@ -222,6 +264,12 @@ class PrvosConfig(Section):
     def _splits_differ(self) -> PrvosConfig:
         if self.data.train_split == self.data.valid_split:
             raise ValueError("data.train_split and data.valid_split must differ")
+        same_root = self.data.unlabelled_root in (None, self.data.root)
+        if same_root and self.data.unlabelled_split in (self.data.train_split, self.data.valid_split):
+            raise ValueError(
+                f"data.unlabelled_split ({self.data.unlabelled_split}) must differ from the train and valid splits "
+                "of the same root; name the split that holds the unlabelled videos (e.g. unlabelled)"
+            )
         return self
 
     def section(self, name: str) -> dict[str, Any]:

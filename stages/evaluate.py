@@ -208,7 +208,7 @@ class StudentActor(PredictorActor):
 
     def score(self, expression: Expression, video: Video) -> list[dict]:
         """J and F over the expression's annotated frames, and its intersection and union pixel counts."""
-        paths = SplitPaths(Path(video.dataset_root), video.split)
+        paths = video.paths
         annotated = set(expression.gt_frames)
         truths, predictions = [], []
         for frame, mask in self.masks(expression, video):

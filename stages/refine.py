@@ -188,7 +188,7 @@ def _read(store, pseudo_uri: str, expression: Expression, video: Video) -> Pseud
 
 def _ground_truth(expression: Expression, video: Video, pseudo: PseudoLabel) -> dict[int, np.ndarray]:
     """frame index -> (h, w) 0/1 mask of the expression's GT frames, resized (nearest) to the store's size."""
-    paths = SplitPaths(Path(video.dataset_root), expression.split)
+    paths = video.paths
     position = {frame: t for t, frame in enumerate(pseudo.frame_ids)}
     return {
         position[frame]: _object_mask(paths.mask_path(expression.video_id, frame), expression, pseudo.prob.shape[1:])
@@ -206,7 +206,7 @@ def _full_annotation_quality(
 ) -> tuple[QualityCounts, QualityCounts]:
     """Refined labels and raw teacher on the chosen pseudo-labelled frames vs full_annotations (zeros where
     the split has none: a real dataset only has masks on its GT frames)."""
-    folder = SplitPaths(Path(video.dataset_root), expression.split).full_annotations / expression.video_id
+    folder = video.paths.full_annotations / expression.video_id
     scored_refined = scored_teacher = QualityCounts()
     if not expression.object_id or not folder.is_dir():
         return scored_refined, scored_teacher

@@ -137,7 +137,7 @@ class ClipDataset(Dataset):
 
     def _load(self, source: ClipSource, frame_ids: tuple[str, ...], box: Box):
         video, size = source.video, self.spec.size
-        paths = SplitPaths(Path(video.dataset_root), video.split)
+        paths = video.paths
         gt, pseudo = set(source.gt_frames), set(source.pseudo_frames) - set(source.gt_frames)
         refined = self._refined_labels(source, [f for f in frame_ids if f in pseudo])
         frames = np.empty((len(frame_ids), 3, *size), np.uint8)

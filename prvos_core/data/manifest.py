@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 from functools import cached_property
+from pathlib import Path
 
 import pyarrow as pa
 
 from prvos_core import storage
+from prvos_core.data.layout import SplitPaths
 
 VIDEOS_FILE = "videos.parquet"
 EXPRESSIONS_FILE = "expressions.parquet"
@@ -29,10 +31,19 @@ class Video:
     annotated_frames: tuple[str, ...]  # frames whose mask PNG is usable
     height: int
     width: int
+    # False: an unlabelled video (expressions, no mask used for training or by the teacher), labelled whole by
+    # the teacher and trained on through its refined pseudo-labels (`data.unlabelled_split`).
+    labelled: bool = True
+    folder: str = ""  # the split folder under dataset_root holding its files; "" = `split`
 
     @property
     def n_frames(self) -> int:
         return len(self.frame_ids)
+
+    @property
+    def paths(self) -> SplitPaths:
+        """Where the video's frames and masks are (its split folder of its dataset root)."""
+        return SplitPaths(Path(self.dataset_root), self.folder or self.split)
 
 
 @dataclass(frozen=True)
@@ -44,10 +55,13 @@ class Expression:
     object_id: str  # "" when the split does not say which object (Ref-YouTube-VOS valid)
     category: str | None
     text: str
-    gt_frames: tuple[str, ...]  # frames with a usable mask that shows this object
+    gt_frames: tuple[str, ...]  # frames with a usable mask that shows this object and that training may use
     all_frames: tuple[str, ...]
     annotator: int | None = None  # Ref-DAVIS17: which annotator wrote it (1 or 2)
     kind: str | None = None  # Ref-DAVIS17: "first_frame" or "full_video"
+    # Frames with a usable mask of this object that the label regime (`data.train_labels`) hides from training
+    # and from the teacher; read only to score pseudo-labels.
+    hidden_frames: tuple[str, ...] = ()
 
     @property
     def variant(self) -> str:
@@ -74,6 +88,8 @@ VIDEOS_SCHEMA = pa.schema(
         ("height", pa.int32()),
         ("width", pa.int32()),
         ("n_frames", pa.int32()),
+        ("labelled", pa.bool_()),
+        ("folder", pa.string()),
     ]
 )
 
@@ -90,6 +106,7 @@ EXPRESSIONS_SCHEMA = pa.schema(
         ("all_frames", _strings),
         ("annotator", pa.int8()),
         ("kind", pa.string()),
+        ("hidden_frames", _strings),
     ]
 )
 
@@ -131,7 +148,8 @@ def _table(records, schema: pa.Schema) -> pa.Table:
 
 
 def _records(table: pa.Table, cls) -> tuple:
-    names = [f.name for f in fields(cls)]
+    # Columns added later (e.g. hidden_frames) are absent from older manifests: their fields keep the default.
+    names = [f.name for f in fields(cls) if f.name in table.column_names]
     rows = table.select(names).to_pylist()
     return tuple(cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in row.items()}) for row in rows)
 

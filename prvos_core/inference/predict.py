@@ -90,7 +90,7 @@ def _first_frame_mask(video: Video, expression: Expression, input_size: tuple[in
     first = video.frame_ids[0]
     if first not in expression.gt_frames or not expression.object_id:
         return None
-    paths = SplitPaths(Path(video.dataset_root), video.split)
+    paths = video.paths
     mask = read_object_mask(str(paths.mask_path(video.video_id, first)), expression.object_id)
     return torch.from_numpy(resize_map(mask, input_size)).float()
 
@@ -112,7 +112,7 @@ def predict_expression(
     first_mask_from_gt: start from the first frame's ground-truth mask when it has one (frame 0 is then that
     mask itself); else the model finds the object from the text alone.
     """
-    paths = SplitPaths(Path(video.dataset_root), video.split)
+    paths = video.paths
     frame_uris = [str(paths.frame_path(video.video_id, frame)) for frame in video.frame_ids]
     frames = _LazyFrames(frame_uris, input_size, (video.height, video.width))
     first_mask = _first_frame_mask(video, expression, input_size) if first_mask_from_gt else None
