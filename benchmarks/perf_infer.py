@@ -31,7 +31,6 @@ import torch  # noqa: E402
 
 from benchmarks.common import markdown_table  # noqa: E402
 from prvos_core.config import InferSection  # noqa: E402
-from prvos_core.data.layout import SplitPaths  # noqa: E402
 from prvos_core.data.manifest import read_manifest  # noqa: E402
 from prvos_core.inference.propagation import iter_propagate  # noqa: E402
 from prvos_core.model.builders import build_model  # noqa: E402

@@ -51,14 +51,16 @@ def split_stage(name: str) -> tuple[int | None, str]:
 
 def stage_plan(config: PrvosConfig) -> list[str]:
     """Stage folder names in execution order:
-    ingest -> text -> [r-train -> r-infer -> r-refine] for r < rounds -> final train -> evaluate every student."""
+    ingest -> text -> [r-train -> r-infer -> r-refine] for r < rounds -> final train -> evaluate every student
+    (or the last one only, `evaluate.rounds: last`)."""
     names = [stage_name(INGEST), stage_name(TEXT)]
     for round_index in range(config.rounds):
         names.append(stage_name(TRAIN, round_index))
         if config.pseudo_labels:
             names += [stage_name(INFER, round_index), stage_name(REFINE, round_index)]
     names.append(stage_name(TRAIN, config.rounds))
-    names += [stage_name(EVALUATE, round_index) for round_index in range(config.rounds + 1)]
+    scored = range(config.rounds + 1) if config.evaluate.rounds == "all" else [config.rounds]
+    names += [stage_name(EVALUATE, round_index) for round_index in scored]
     return names
 
 

@@ -158,6 +158,9 @@ class TrainSection(Section):
     batch_size: int = Field(4, gt=0)  # clips per worker and step
     clip_frames: int = Field(3, ge=1)  # T frames per clip (the seed: 5)
     samples_per_expression: int = Field(1, gt=0)  # clips of each expression per epoch
+    # > 0: exactly this many clips per epoch, drawn in turn from the expressions (ground truth or chosen
+    # pseudo-labels), so variants that train on more or fewer expressions take the same optimizer steps.
+    clips_per_epoch: int = Field(0, ge=0)
     lr: float = Field(1e-4, gt=0)  # Adam (the seed: 1e-6 by default, 1e-4 when set)
     lr_milestones: tuple[int, ...] = ()  # epochs where lr is multiplied by lr_gamma (the seed: 30, 40)
     lr_gamma: float = Field(0.5, gt=0)
@@ -215,8 +218,8 @@ class RefineSection(Section):
     min_area_ratio: float = Field(0.5, ge=0)
     max_area_ratio: float | None = Field(2.0, ge=0)
     # Expressions without any ground-truth frame (unlabelled videos): the area rule compares with the median
-    # predicted area over the expression's frames, and a frame whose predicted mask overlaps its neighbours'
-    # (IoU with the previous and next frame's, averaged) less than this is rejected: the teacher jumped.
+    # predicted area over the expression's frames, and a frame whose predicted mask overlaps neither neighbour's
+    # (the higher IoU with the previous and next frame's) by this much is rejected: the teacher jumped.
     min_temporal_iou: float = Field(0.5, ge=0, le=1)
 
     @model_validator(mode="after")
@@ -241,6 +244,7 @@ class EvaluateSection(Section):
     threads_per_actor: int = Field(1, gt=0)
     memory_frames: int = Field(4, ge=0)
     first_frame_gt: bool = False  # RVOS: the referred object is found from the text alone
+    rounds: Literal["all", "last"] = "all"  # "last": score only the final student (ablations that read only it)
     bound_th: float = Field(0.008, gt=0)  # DAVIS boundary tolerance
 
 

@@ -30,7 +30,6 @@ import pyarrow as pa
 from prvos_core import storage
 from prvos_core.config import EvaluateSection
 from prvos_core.data.frames import read_object_mask
-from prvos_core.data.layout import SplitPaths
 from prvos_core.data.manifest import Expression, Video
 from prvos_core.inference.predict import check_prediction_inputs, upsample_prob
 from prvos_core.labels import binary_mask

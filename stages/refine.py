@@ -3,29 +3,28 @@
 Two passes over the pseudo-label store, each as Ray tasks over fixed chunks of expressions (sorted by id):
 (1) confidence histograms of the non-ground-truth frames, merged into the round's per-class thresholds;
 (2) per expression, `prvos_core.pseudo.refine.refine_expression` -> refined labels (Zarr, one writer per expression),
-frame decisions (Parquet) and a summary. Where the split has `full_annotations/` (the synthetic set) the
-chosen pseudo-labelled frames are also scored against them, refined and raw teacher alike: the measure of
-whether refinement helps. A re-run recomputes everything and writes the same bytes.
+frame decisions (Parquet) and a summary. The chosen pseudo-labelled frames that have a mask training never
+sees are also scored against it, refined and raw teacher alike: the measure of whether refinement helps. Those
+masks are `full_annotations/` where the video's split folder has it (the synthetic set), else the frames the
+label regime hid in `Annotations/` (`prvos_core.data.object_masks`); the `*_full` summary keys hold both.
+Refinement itself only sees the expression's GT frames. A re-run recomputes everything and writes the same bytes.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar
 
-import numpy as np
 import ray
 
 from prvos_core import faults, storage
 from prvos_core.config import RefineSection
-from prvos_core.data.frames import read_object_mask, resize_map
-from prvos_core.data.layout import SplitPaths
 from prvos_core.data.manifest import Expression, Video, read_manifest
+from prvos_core.data.object_masks import ground_truth_masks, scoring_masks
 from prvos_core.errors import StorageError
-from prvos_core.pseudo.quality import QualityCounts, pseudo_label_quality, quality_metrics, teacher_quality
-from prvos_core.pseudo.refine import RefinedExpression, RefineSummary, refine_expression
+from prvos_core.pseudo.quality import QualityCounts, frames_quality, quality_metrics
+from prvos_core.pseudo.refine import RefineSummary, refine_expression
 from prvos_core.pseudo.store import (
     FRAMES_FILE,
     REFINED_STORE,
@@ -64,18 +63,18 @@ class RefineResult(StageResult):
     frames: str = output()  # one decision per (expression, frame), <dir>/frames.parquet
     summary: str = output()  # summary.json: `report` with nulls where nothing was measured
     # summary.json's numbers: thresholds, frame counts, kept ratio, pseudo-label and teacher quality (on the
-    # ground-truth frames, and on full_annotations where the split has them).
+    # ground-truth frames, and `*_full` on the chosen frames' masks that training never sees, where there are any).
     report: dict[str, float] = measures()
     seconds: float
 
 
 @dataclass(frozen=True)
 class ChunkResult:
-    """What one pass-2 task reports: its summary, frame rows and scores against full_annotations."""
+    """What one pass-2 task reports: its summary, frame rows and scores against the masks training never sees."""
 
     summary: RefineSummary
     rows: list[dict]  # FRAMES_SCHEMA rows, expressions in chunk order, frames in frame order
-    full_refined: QualityCounts  # refined labels of the chosen pseudo-labelled frames vs full_annotations
+    full_refined: QualityCounts  # refined labels of the chosen pseudo-labelled frames vs their dense masks
     full_teacher: QualityCounts  # the raw teacher on the same frames
 
 
@@ -110,7 +109,11 @@ def run(inputs: RefineInputs, cfg: RefineSection) -> RefineResult:
     frames_uri = storage.join(inputs.out_dir, FRAMES_FILE)
     write_frame_decisions(frames_uri, rows)
     # summary.json holds no timing, so a re-run writes the same bytes; None stays null there.
-    report = {**summary.to_dict(), **_full_report(full_refined, full_teacher)}
+    report = {
+        **summary.to_dict(),
+        **quality_metrics(full_refined, full_teacher, "_full"),
+        "pixels_scored_full": full_teacher.total,
+    }
     summary_uri = storage.join(inputs.out_dir, SUMMARY_FILE)
     storage.write_json(summary_uri, report)
     return RefineResult(
@@ -156,7 +159,8 @@ def _refine(chunk: list[Job], pseudo_uri: str, refined_uri: str, thresholds: Thr
     for position, (expression, video) in enumerate(chunk):
         faults.maybe_fail("refine.expression", position)
         pseudo = _read(store, pseudo_uri, expression, video)
-        gt = _ground_truth(expression, video, pseudo)
+        size = pseudo.prob.shape[1:]
+        gt = ground_truth_masks(expression, video, size)
         refined = refine_expression(pseudo.prob, pseudo.uncertainty, thresholds, cfg, gt)
         summary.add(refined)
         write_refined(
@@ -170,7 +174,8 @@ def _refine(chunk: list[Job], pseudo_uri: str, refined_uri: str, thresholds: Thr
                 tuple(pseudo.frame_ids[t] for t in sorted(gt)),
             ),
         )
-        scored = _full_annotation_quality(expression, video, pseudo, refined)
+        dense = scoring_masks(expression, video, refined.pseudo_frames, size)
+        scored = frames_quality(refined.label, pseudo.prob, dense)
         full_refined, full_teacher = full_refined + scored[0], full_teacher + scored[1]
         rows.extend(frame_decision_rows(expression.expression_id, pseudo.frame_ids, refined.frames))
     return ChunkResult(summary, rows, full_refined, full_teacher)
@@ -184,40 +189,3 @@ def _read(store, pseudo_uri: str, expression: Expression, video: Video) -> Pseud
             f"{video.video_id} has in the manifest (another ingest?); re-run infer on this manifest"
         )
     return pseudo
-
-
-def _ground_truth(expression: Expression, video: Video, pseudo: PseudoLabel) -> dict[int, np.ndarray]:
-    """frame index -> (h, w) 0/1 mask of the expression's GT frames, resized (nearest) to the store's size."""
-    paths = video.paths
-    position = {frame: t for t, frame in enumerate(pseudo.frame_ids)}
-    return {
-        position[frame]: _object_mask(paths.mask_path(expression.video_id, frame), expression, pseudo.prob.shape[1:])
-        for frame in expression.gt_frames
-    }
-
-
-def _object_mask(path: Path, expression: Expression, size: tuple[int, int]) -> np.ndarray:
-    """The expression's object in a palette PNG as a (h, w) 0/1 mask at the store's resolution."""
-    return resize_map(read_object_mask(str(path), expression.object_id), size)
-
-
-def _full_annotation_quality(
-    expression: Expression, video: Video, pseudo: PseudoLabel, refined: RefinedExpression
-) -> tuple[QualityCounts, QualityCounts]:
-    """Refined labels and raw teacher on the chosen pseudo-labelled frames vs full_annotations (zeros where
-    the split has none: a real dataset only has masks on its GT frames)."""
-    folder = video.paths.full_annotations / expression.video_id
-    scored_refined = scored_teacher = QualityCounts()
-    if not expression.object_id or not folder.is_dir():
-        return scored_refined, scored_teacher
-    size = pseudo.prob.shape[1:]
-    for t in refined.pseudo_frames:
-        mask = _object_mask(folder / f"{pseudo.frame_ids[t]}.png", expression, size)
-        scored_refined += pseudo_label_quality(refined.label[t], mask)
-        scored_teacher += teacher_quality(pseudo.prob[t], mask)
-    return scored_refined, scored_teacher
-
-
-def _full_report(refined: QualityCounts, teacher: QualityCounts) -> dict[str, float | int | None]:
-    """The chosen pseudo-labelled frames against full_annotations; None where nothing was scored."""
-    return {**quality_metrics(refined, teacher, "_full"), "pixels_scored_full": teacher.total}

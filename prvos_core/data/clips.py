@@ -12,15 +12,14 @@ generator seeded by (seed, epoch, index), so a clip is the same on any worker an
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from prvos_core.data.frames import Box, load_frame, read_object_mask, resize_map
-from prvos_core.data.layout import SplitPaths
 from prvos_core.data.manifest import Expression, Manifest, Video
+from prvos_core.data.object_masks import ANNOTATIONS, dense_frames, mask_path
 from prvos_core.labels import IGNORE_LABEL
 from prvos_core.pseudo.store import chosen_pseudo_frames, open_store, read_refined
 
@@ -39,9 +38,9 @@ class ClipSource:
 
     expression: Expression
     video: Video
-    gt_frames: tuple[str, ...]  # frames with a ground-truth mask
+    gt_frames: tuple[str, ...]  # frames with a ground-truth mask (may be none: an unlabelled video)
     pseudo_frames: tuple[str, ...] = ()  # frames with refined pseudo-labels chosen by the refinement
-    gt_folder: str = "Annotations"  # "full_annotations": the full-supervision upper bound of the synthetic set
+    gt_folder: str = ANNOTATIONS  # FULL_ANNOTATIONS: the full-supervision upper bound where the split has it
 
     @property
     def labelled(self) -> tuple[str, ...]:
@@ -54,23 +53,17 @@ def clip_sources(
     """Every expression of the split that has something to learn from: ground truth or chosen pseudo-labels.
 
     refined_store: a refine stage's refined.zarr, whose chosen pseudo-labelled frames join the ground truth
-    (None: ground truth only). full_annotations: every frame of the video is ground truth, from
-    `full_annotations/` (the synthetic set's full-supervision upper bound).
+    (None: ground truth only). full_annotations: the full-supervision upper bound, every dense mask is ground
+    truth (`object_masks.dense_frames`): every frame from `full_annotations/` where the video's split has it (the
+    synthetic set, unlabelled videos included), else the GT frames and the frames the label regime hid, from
+    `Annotations/`. An expression without GT trains on its chosen pseudo-labelled frames alone.
     """
     chosen = chosen_pseudo_frames(open_store(refined_store, mode="r")) if refined_store else {}
     sources = []
     for expression in manifest.split_expressions(split):
         video = manifest.video_of(expression)
-        gt_frames = video.frame_ids if full_annotations and expression.object_id else expression.gt_frames
-        sources.append(
-            ClipSource(
-                expression,
-                video,
-                gt_frames,
-                chosen.get(expression.expression_id, ()),
-                "full_annotations" if full_annotations else "Annotations",
-            )
-        )
+        gt_frames, folder = dense_frames(expression, video) if full_annotations else (expression.gt_frames, ANNOTATIONS)
+        sources.append(ClipSource(expression, video, gt_frames, chosen.get(expression.expression_id, ()), folder))
     return [source for source in sources if source.labelled]
 
 
@@ -86,7 +79,8 @@ class Clip:
 
 
 class ClipDataset(Dataset):
-    """Map-style dataset: index i -> a clip of source `i % len(sources)`; `samples_per_source` clips each."""
+    """Map-style dataset: index i -> a clip of source `i % len(sources)`; `samples_per_source` clips each, or
+    `clips` in all."""
 
     def __init__(
         self,
@@ -97,11 +91,17 @@ class ClipDataset(Dataset):
         refined_store: str | None = None,
         seed: int = 0,
         samples_per_source: int = 1,
+        clips: int | None = None,
     ) -> None:
-        """`text_lookup(texts) -> (tokens (N, L, D), mask (N, L))`, e.g. a loaded TextCache's `lookup`."""
+        """`text_lookup(texts) -> (tokens (N, L, D), mask (N, L))`, e.g. a loaded TextCache's `lookup`.
+
+        clips: the epoch's length when given (index i still takes source i % len(sources)), so that variants
+        training on more or fewer expressions take the same number of steps; else sources x samples_per_source.
+        """
         self.sources = [s for s in sources if s.labelled]
         self.text_lookup, self.spec, self.seed = text_lookup, spec, seed
         self.refined_store_uri, self.samples_per_source = refined_store, samples_per_source
+        self.clips = clips
         self.epoch = 0
         self._refined = None  # opened lazily, once per worker process
 
@@ -109,6 +109,8 @@ class ClipDataset(Dataset):
         self.epoch = epoch
 
     def __len__(self) -> int:
+        if self.clips is not None:
+            return self.clips if self.sources else 0
         return len(self.sources) * self.samples_per_source
 
     def __getitem__(self, index: int) -> Clip:
@@ -147,7 +149,7 @@ class ClipDataset(Dataset):
             frame_uri = str(paths.frame_path(video.video_id, frame_id))
             frames[t] = load_frame(frame_uri, size, box, (video.height, video.width))
             if frame_id in gt:
-                mask_uri = str(paths.split_dir / source.gt_folder / video.video_id / f"{frame_id}.png")
+                mask_uri = str(mask_path(video, source.gt_folder, frame_id))
                 labels[t] = resize_map(read_object_mask(mask_uri, source.expression.object_id), size, box)
                 weights[t] = 1.0
             elif frame_id in refined:

@@ -4,11 +4,14 @@ The teacher also predicts the frames that have a ground-truth mask; refining tho
 pseudo-labels and comparing with the mask gives the pseudo-label precision, recall and IoU of the foreground
 class over the kept pixels, and the coverage (kept / all pixels). The raw teacher (p > 0.5, every pixel kept)
 is measured the same way, so the gain of refinement is the difference. `prvos_core.pseudo.refine.RefineSummary` adds them
-up over a round.
+up over a round. `frames_quality` does both on any masked frames: the GT frames in refinement, and in the refine
+stage the chosen pseudo-labelled frames against the masks training never sees
+(`prvos_core.data.object_masks.scoring_masks`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,6 +85,21 @@ def pseudo_label_quality(label: np.ndarray, gt_mask: np.ndarray) -> QualityCount
 def teacher_quality(prob: np.ndarray, gt_mask: np.ndarray) -> QualityCounts:
     """The raw teacher against ground truth: p > 0.5 is foreground, every pixel kept."""
     return pseudo_label_quality(binary_mask(prob), gt_mask)
+
+
+def frames_quality(
+    label: np.ndarray, prob: np.ndarray, masks: Mapping[int, np.ndarray]
+) -> tuple[QualityCounts, QualityCounts]:
+    """The refined labels and the raw teacher on some frames of an expression, against their masks.
+
+    label: (T, H, W) label map (0, 1, 255); prob: (T, H, W) teacher foreground probability; masks: frame index ->
+    (H, W) {0, 1} mask. Returns (pseudo-label counts, teacher counts) summed over the masked frames.
+    """
+    pseudo = teacher = QualityCounts()
+    for t, mask in masks.items():
+        pseudo += pseudo_label_quality(label[t], mask)
+        teacher += teacher_quality(prob[t], mask)
+    return pseudo, teacher
 
 
 def quality_metrics(pseudo: QualityCounts, teacher: QualityCounts, suffix: str = "") -> dict[str, float | None]:

@@ -20,7 +20,7 @@ import numpy as np
 
 from prvos_core.config import RefineSection
 from prvos_core.labels import IGNORE_LABEL, confidence, predicted_foreground
-from prvos_core.pseudo.quality import QualityCounts, pseudo_label_quality, quality_metrics, ratio, teacher_quality
+from prvos_core.pseudo.quality import QualityCounts, frames_quality, quality_metrics, ratio
 from prvos_core.pseudo.store import FrameDecision
 from prvos_core.pseudo.thresholds import Thresholds
 
@@ -69,11 +69,10 @@ def refine_expression(
     rescaled confidence, min_weight + (1 - min_weight) * (conf - thr) / (1 - thr): the weight starts at
     min_weight where the keep decision starts and reaches 1 at certainty, so it moves with each round's
     thresholds. (1 - uncertainty would fall steeply, 0.28 at p = 0.8, and depend on the uncertainty estimate's
-    scale.) Frames without GT are ranked by mean uncertainty, ties by frame index; those with a kept-pixel
-    ratio below cfg.min_kept_ratio, or whose predicted object area (p > 0.5) is outside
-    [cfg.min_area_ratio, cfg.max_area_ratio] x the mean object area of the GT frames, are rejected, and the K
-    most certain of the rest are kept. Rejected frames become all-ignore. The area rule matters because mean
-    uncertainty alone ranks a frame where the teacher confidently sees no object first.
+    scale.) Frames without GT are ranked by mean uncertainty, ties by frame index; those that fail a rule of
+    `_frame_problems` are rejected (kept-pixel ratio, object area, and without any GT frame temporal
+    consistency), and the K most certain of the rest are kept. Rejected frames become all-ignore. The area rule
+    matters because mean uncertainty alone ranks a frame where the teacher confidently sees no object first.
     """
     prob = np.asarray(prob, dtype=np.float32)
     uncertainty = np.asarray(uncertainty, dtype=np.float32)
@@ -92,14 +91,9 @@ def refine_expression(
         label, weight = predicted_foreground(prob).astype(np.uint8), np.ones(prob.shape, dtype=np.float32)
     kept_ratio = (label != IGNORE_LABEL).reshape(len(prob), -1).mean(axis=1)
 
-    pseudo = teacher = QualityCounts()
-    for t, mask in gt.items():
-        pseudo += pseudo_label_quality(label[t], mask)
-        teacher += teacher_quality(prob[t], mask)
-
-    area = predicted_foreground(prob).reshape(len(prob), -1).mean(axis=1)
-    gt_area = float(np.mean([mask.mean() for mask in gt.values()])) if gt else None
-    frames = _choose_frames(frame_entropy, kept_ratio, area, gt_area, set(gt), cfg)
+    pseudo, teacher = frames_quality(label, prob, gt)
+    problems = _frame_problems(predicted_foreground(prob), kept_ratio, gt, cfg) if cfg.enabled else {}
+    frames = _choose_frames(frame_entropy, kept_ratio, problems, set(gt), cfg)
     for decision in frames:
         t = decision.frame_index
         if decision.source == "ground_truth":
@@ -133,28 +127,86 @@ def _pixel_labels(prob: np.ndarray, thresholds: Thresholds, cfg: RefineSection) 
     return label, np.clip(weight, 0.0, 1.0).astype(np.float32)
 
 
-def _area_problem(area: float, gt_area: float | None, cfg: RefineSection) -> str | None:
-    """Why a frame's predicted object area (share of its pixels) is implausible next to the GT frames', or None."""
-    if gt_area is None or gt_area <= 0:
+def _frame_problems(
+    foreground: np.ndarray, kept_ratio: np.ndarray, gt: dict[int, np.ndarray], cfg: RefineSection
+) -> dict[int, str]:
+    """Frame index -> why that frame cannot be a pseudo-label; GT frames and plausible frames are absent.
+
+    The first failed rule names the problem: its kept-pixel ratio below cfg.min_kept_ratio; its
+    predicted object area (p > 0.5 share) outside [cfg.min_area_ratio, cfg.max_area_ratio] x a reference area;
+    for an expression without any GT frame, the best IoU of its predicted mask with its neighbours' below
+    cfg.min_temporal_iou (`temporal_iou`). The reference area is the GT frames' mean object area, or without
+    GT the median predicted area over the expression's frames: most frames show the object at about its size,
+    so one where the teacher lost it or took in a neighbour stands out. Expressions with GT keep exactly the
+    first two rules, checked against their annotation. A median of 0 (the teacher sees no object in most
+    frames) leaves nothing to compare with: then, unless the area bounds are both off, every frame is rejected.
+    """
+    frames = [t for t in range(len(foreground)) if t not in gt]
+    area = foreground.reshape(len(foreground), -1).mean(axis=1)
+    if gt:
+        reference, named = float(np.mean([mask.mean() for mask in gt.values()])), "the annotated frames' mean"
+        consistency = None
+    else:
+        reference, named = float(np.median(area)), "the expression's median"
+        consistency = temporal_iou(foreground)
+        area_rule = cfg.min_area_ratio > 0 or cfg.max_area_ratio is not None
+        if area_rule and reference == 0:
+            return {t: "teacher finds no object (predicted object area 0 on most frames)" for t in frames}
+    problems = {}
+    for t in frames:
+        if kept_ratio[t] < cfg.min_kept_ratio:
+            problems[t] = f"kept-pixel ratio {kept_ratio[t]:.2f} below min {cfg.min_kept_ratio:.2f}"
+        elif problem := _area_problem(float(area[t]), reference, named, cfg):
+            problems[t] = problem
+        elif consistency is not None and consistency[t] < cfg.min_temporal_iou:
+            problems[t] = (
+                f"predicted mask's best IoU {consistency[t]:.2f} with the neighbouring frames' below min "
+                f"{cfg.min_temporal_iou:.2f}"
+            )
+    return problems
+
+
+def _area_problem(area: float, reference: float, named: str, cfg: RefineSection) -> str | None:
+    """Why a frame's predicted object area (share of its pixels) is implausible next to `reference`, or None."""
+    if reference <= 0:
         return None
-    ratio = area / gt_area
+    ratio = area / reference
     too_small = ratio < cfg.min_area_ratio
     too_large = cfg.max_area_ratio is not None and ratio > cfg.max_area_ratio
     if not (too_small or too_large):
         return None
     bounds = f"[{cfg.min_area_ratio:g}, {'inf' if cfg.max_area_ratio is None else f'{cfg.max_area_ratio:g}'}]"
-    return f"predicted object area {ratio:.2f}x the annotated frames' mean, outside {bounds}"
+    return f"predicted object area {ratio:.2f}x {named}, outside {bounds}"
+
+
+def temporal_iou(foreground: np.ndarray) -> np.ndarray:
+    """(T, H, W) bool predicted masks -> (T,) float64: the higher IoU of each frame's mask with the previous and
+    the next frame's (the one neighbour at either end; nan for a one-frame expression, which has none).
+
+    The higher of the two, not their mean: a frame where the teacher jumped disagrees with both neighbours, while
+    the frames beside it still agree with their other neighbour and stay. Two empty masks have IoU 1: they agree,
+    and whether the object should be there is the area rule's question, not this one's. One empty mask beside a
+    non-empty one has IoU 0.
+    """
+    flat = foreground.reshape(len(foreground), -1)
+    intersection = np.count_nonzero(flat[1:] & flat[:-1], axis=1)
+    union = np.count_nonzero(flat[1:] | flat[:-1], axis=1)
+    pair = np.where(union > 0, intersection / np.maximum(union, 1), 1.0)
+    best = np.full(len(flat), np.nan)
+    best[:-1] = pair
+    best[1:] = np.fmax(best[1:], pair)
+    return best
 
 
 def _choose_frames(
     frame_entropy: np.ndarray,
     kept_ratio: np.ndarray,
-    area: np.ndarray,
-    gt_area: float | None,
+    problems: dict[int, str],
     gt_frames: set[int],
     cfg: RefineSection,
 ) -> tuple[FrameDecision, ...]:
-    """One decision per frame: GT frames kept as GT; the others ranked by mean entropy, ties by index."""
+    """One decision per frame: GT frames kept as GT; the others ranked by mean entropy, ties by index, and those
+    with a problem (`_frame_problems`) rejected."""
     decisions = {
         t: FrameDecision(t, "ground_truth", True, None, float(frame_entropy[t]), 1.0, "ground_truth") for t in gt_frames
     }
@@ -167,10 +219,8 @@ def _choose_frames(
         ranked = f"rank {rank} of {len(candidates)} by mean entropy {frame_entropy[t]:.3f}"
         if not cfg.enabled:
             keep, reason = True, f"{ranked}; refinement disabled, every frame kept"
-        elif kept_ratio[t] < cfg.min_kept_ratio:
-            keep, reason = False, f"{ranked}; kept-pixel ratio {kept_ratio[t]:.2f} below min {cfg.min_kept_ratio:.2f}"
-        elif problem := _area_problem(float(area[t]), gt_area, cfg):
-            keep, reason = False, f"{ranked}; {problem}"
+        elif t in problems:
+            keep, reason = False, f"{ranked}; {problems[t]}"
         elif kept >= limit:
             keep, reason = False, f"{ranked}; top {limit} already kept"
         else:

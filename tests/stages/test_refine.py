@@ -393,3 +393,105 @@ def test_a_missing_ground_truth_mask_is_one_user_error_naming_it(round_, tmp_pat
     # The task's error itself (printed by the CLI as one line), not Ray's wrapper with a remote traceback.
     assert not isinstance(error.value, RayTaskError)
     assert str(missing) in str(error.value) and "\n" not in str(error.value)
+
+
+def _rewritten(round_: Round, tmp_path: Path, videos, expressions) -> str:
+    """A manifest of the round's train split with its videos and expressions passed through the given
+    functions (None drops a record); returns its folder."""
+    manifest = read_manifest(round_.manifest_dir)
+    train = [e for e in manifest.expressions if e.split == "train"]
+    folder = tmp_path / "ingest"
+    write_manifest(
+        str(folder),
+        replace(
+            manifest,
+            videos=tuple(v for video in manifest.videos if video.split == "train" and (v := videos(video))),
+            expressions=tuple(e for expression in train if (e := expressions(expression))),
+        ),
+    )
+    return str(folder)
+
+
+def _chosen_frame_scores(result, round_: Round, scored) -> tuple[QualityCounts, QualityCounts]:
+    """Refined labels and raw teacher on the chosen frames that `scored(expression, frame)` says have a mask,
+    against the synthetic set's every-frame masks (what the tests below copy to where the stage looks)."""
+    store, pseudo = open_store(result.refined, mode="r"), open_store(round_.pseudo_store, mode="r")
+    refined_counts = teacher_counts = QualityCounts()
+    for expression in round_.expressions():
+        stored = read_refined(store, expression.expression_id)
+        prob = read_pseudo_label(pseudo, expression.expression_id).prob
+        for frame in stored.pseudo_frames:
+            if scored(expression, frame):
+                t, full = expression.all_frames.index(frame), round_.mask(expression, frame, "full_annotations")
+                refined_counts += pseudo_label_quality(stored.label[t], full)
+                teacher_counts += teacher_quality(prob[t], full)
+    return refined_counts, teacher_counts
+
+
+def _assert_scores(summary: dict, refined_counts: QualityCounts, teacher_counts: QualityCounts) -> None:
+    assert summary["pixels_scored_full"] == teacher_counts.total > 0
+    for name in ("precision", "recall", "iou", "coverage"):
+        assert summary[f"pseudo_{name}_full"] == pytest.approx(getattr(refined_counts, name)), name
+    for name in ("precision", "recall", "iou"):
+        assert summary[f"teacher_{name}_full"] == pytest.approx(getattr(teacher_counts, name)), name
+
+
+def test_a_dense_dataset_under_a_label_regime_is_scored_on_its_hidden_frames(round_, tmp_path):
+    # A dense dataset (Ref-DAVIS17-like): every frame's mask in Annotations/, no full_annotations/. The regime
+    # leaves each expression its first GT frame; every other remaining frame is hidden, the rest has no mask use.
+    data = tmp_path / "data"
+    shutil.copytree(round_.data / "train", data / "train")
+    shutil.rmtree(data / "train/Annotations")
+    (data / "train/full_annotations").rename(data / "train/Annotations")
+
+    def regime(expression: Expression) -> Expression:
+        others = [f for f in expression.all_frames if f != expression.gt_frames[0]]
+        return replace(expression, gt_frames=expression.gt_frames[:1], hidden_frames=tuple(others[::2]))
+
+    manifest_dir = _rewritten(round_, tmp_path, lambda v: replace(v, dataset_root=str(data)), regime)
+    result = refine.run(refine.RefineInputs(manifest_dir, round_.pseudo_store, str(tmp_path / "out")), DEFAULT)
+    summary = json.loads((tmp_path / "out/summary.json").read_text())
+    expressions = {e.expression_id: e for e in read_manifest(manifest_dir).expressions}
+    store = open_store(result.refined, mode="r")
+    for expression in expressions.values():  # refinement saw the regime's GT frame only, never a hidden one
+        assert read_refined(store, expression.expression_id).gt_frames == expression.gt_frames
+    assert summary["frames_ground_truth"] == len(expressions)
+    refined_counts, teacher_counts = _chosen_frame_scores(
+        result, round_, lambda e, frame: frame in expressions[e.expression_id].hidden_frames
+    )
+    _assert_scores(summary, refined_counts, teacher_counts)
+    chosen = summary["frames_pseudo_labelled"] * SIZE[0] * SIZE[1]
+    assert summary["pixels_scored_full"] < chosen  # chosen frames neither GT nor hidden are not scored
+
+
+def test_an_unlabelled_video_is_scored_against_its_own_folders_full_annotations(round_, tmp_path):
+    # synth0000 becomes an unlabelled video of another root, in the folder `unlabelled` (frames and
+    # full_annotations only); synth0001 stays labelled in a train folder without full_annotations (not scored).
+    data = tmp_path / "elsewhere"
+    for folder in ("JPEGImages", "full_annotations"):
+        shutil.copytree(round_.data / "train" / folder / "synth0000", data / "unlabelled" / folder / "synth0000")
+    labelled = tmp_path / "data"
+    for folder in ("JPEGImages", "Annotations"):
+        shutil.copytree(round_.data / "train" / folder / "synth0001", labelled / "train" / folder / "synth0001")
+
+    def video(v):
+        if v.video_id == "synth0000":
+            return replace(v, dataset_root=str(data), folder="unlabelled", labelled=False, annotated_frames=())
+        return replace(v, dataset_root=str(labelled))
+
+    def expression(e):
+        return replace(e, gt_frames=()) if e.video_id == "synth0000" else e
+
+    manifest_dir = _rewritten(round_, tmp_path, video, expression)
+    # The hand-made teacher's scattered unsure pixels (p = 0.6 on 3-15% of the background) make its p > 0.5
+    # masks overlap little from frame to frame: the temporal rule of expressions without GT would reject every
+    # frame (tests/prvos_core/pseudo/test_refine.py covers that rule).
+    cfg = RefineSection(min_area_ratio=0.0, max_area_ratio=None, min_temporal_iou=0.0)
+    result = refine.run(refine.RefineInputs(manifest_dir, round_.pseudo_store, str(tmp_path / "out")), cfg)
+    summary = json.loads((tmp_path / "out/summary.json").read_text())
+    store = open_store(result.refined, mode="r")
+    unlabelled = [e for e in round_.expressions() if e.video_id == "synth0000"]
+    assert unlabelled and all(read_refined(store, e.expression_id).gt_frames == () for e in unlabelled)
+    assert all(read_refined(store, e.expression_id).pseudo_frames for e in unlabelled)
+    refined_counts, teacher_counts = _chosen_frame_scores(result, round_, lambda e, _: e.video_id == "synth0000")
+    _assert_scores(summary, refined_counts, teacher_counts)

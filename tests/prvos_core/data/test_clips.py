@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
-from prvos_core.data.clips import ClipDataset, ClipSource, ClipSpec, choose_clip_frames, collate_clips
+from prvos_core.data.clips import ClipDataset, ClipSource, ClipSpec, choose_clip_frames, clip_sources, collate_clips
 from prvos_core.data.frames import decode_frame, read_object_mask, resize_frame, resize_map
 from prvos_core.data.ids import expression_id
 from prvos_core.data.layout import SplitPaths
-from prvos_core.data.manifest import Expression, Video
+from prvos_core.data.manifest import Expression, Manifest, Video
 from prvos_core.datasets.synth import generate_synthetic
 from prvos_core.pseudo.store import RefinedLabel, open_store, write_refined
 
@@ -138,3 +141,72 @@ def test_clips_span_the_video_however_densely_it_is_labelled(dataset_root):
     for _ in range(100):
         frames = [int(f) for f in choose_clip_frames(dense, 3, rng)]
         assert frames[0] <= 3 and 4 <= frames[1] <= 6 and frames[2] >= 7
+
+
+def _full_masks(root, frames) -> list[np.ndarray]:
+    """The synthetic object's every-frame masks (train/full_annotations) at the clip size."""
+    folder = SplitPaths(root, "train").full_annotations / "synth0000"
+    return [resize_map(read_object_mask(str(folder / f"{frame}.png"), "1"), SIZE) for frame in frames]
+
+
+EXACT = ClipSpec(frames=4, size=SIZE, min_crop=1.0, brightness=0.0)  # no crop, no brightness change
+
+
+def test_full_supervision_without_full_annotations_trains_on_the_frames_the_regime_hid(dataset_root, tmp_path):
+    # A dense dataset (every frame's mask in Annotations/, no full_annotations/) under the regime "first".
+    root = tmp_path / "dense"
+    shutil.copytree(dataset_root / "train/JPEGImages", root / "train/JPEGImages")
+    shutil.copytree(dataset_root / "train/full_annotations", root / "train/Annotations")
+    base = _source(root)
+    expression = replace(base.expression, gt_frames=("00000",), hidden_frames=("00008", "00003", "00005"))
+    manifest = Manifest((base.video,), (expression,), ())
+    assert clip_sources(manifest, "train")[0].gt_frames == ("00000",)
+    [source] = clip_sources(manifest, "train", full_annotations=True)
+    assert (source.gt_frames, source.gt_folder) == (("00000", "00003", "00005", "00008"), "Annotations")
+    clip = ClipDataset([source], fake_text, EXACT)[0]
+    assert clip.frame_ids == source.gt_frames
+    for label, mask in zip(clip.labels, _full_masks(dataset_root, clip.frame_ids), strict=True):
+        assert torch.equal(label, torch.from_numpy(mask))
+
+
+def _unlabelled(dataset_root, root, folders) -> Manifest:
+    """synth0000 as an unlabelled video in the folder `unlabelled` of another root, holding `folders`."""
+    for folder in folders:
+        shutil.copytree(dataset_root / "train" / folder, root / "unlabelled" / folder)
+    base = _source(root)
+    video = replace(base.video, labelled=False, folder="unlabelled", annotated_frames=())
+    return Manifest((video,), (replace(base.expression, gt_frames=()),), ())
+
+
+def test_full_supervision_of_an_unlabelled_video_reads_its_folders_full_annotations(dataset_root, tmp_path):
+    manifest = _unlabelled(dataset_root, tmp_path / "other", ("JPEGImages", "full_annotations"))
+    assert clip_sources(manifest, "train") == []  # no GT and no pseudo-labels: nothing to learn from
+    [source] = clip_sources(manifest, "train", full_annotations=True)
+    assert (source.gt_frames, source.gt_folder) == (manifest.videos[0].frame_ids, "full_annotations")
+    clip = ClipDataset([source], fake_text, EXACT)[0]
+    assert len(clip.frame_ids) == 4 and torch.all(clip.weights == 1)
+    for label, mask in zip(clip.labels, _full_masks(dataset_root, clip.frame_ids), strict=True):
+        assert torch.equal(label, torch.from_numpy(mask))
+
+
+def test_an_expression_without_ground_truth_trains_on_its_pseudo_labelled_frames(dataset_root, tmp_path):
+    manifest = _unlabelled(dataset_root, tmp_path / "other", ("JPEGImages",))
+    store, label, _ = _refined_store(tmp_path, ClipSource(manifest.expressions[0], manifest.videos[0], ()))
+    for full_annotations in (False, True):  # no full_annotations/ and nothing hidden: the same source
+        [source] = clip_sources(manifest, "train", refined_store=store, full_annotations=full_annotations)
+        assert (source.gt_frames, source.pseudo_frames) == ((), ("00002",))
+    clip = ClipDataset([source], fake_text, replace(EXACT, frames=3), refined_store=store)[0]
+    assert clip.frame_ids == ("00001", "00002", "00003")  # the pseudo-labelled frame and its neighbours
+    assert torch.equal(clip.labels[1], torch.from_numpy(resize_map(label[2], SIZE)))
+    assert torch.allclose(clip.weights[1], torch.tensor(0.6), atol=1 / 255)
+    assert torch.all(clip.labels[[0, 2]] == 255) and torch.all(clip.weights[[0, 2]] == 0)
+
+
+def test_a_fixed_epoch_length_cycles_through_the_sources(dataset_root):
+    sources = [replace(_source(dataset_root), expression=replace(_source(dataset_root).expression, expression_id=name))
+               for name in "abc"]  # fmt: skip
+    dataset = ClipDataset(sources, fake_text, ClipSpec(frames=2, size=SIZE), clips=7)
+    assert len(dataset) == 7
+    assert [dataset[i].expression_id for i in range(7)] == list("abcabca")
+    assert len(ClipDataset(sources, fake_text, ClipSpec(), samples_per_source=2)) == 6
+    assert len(ClipDataset([], fake_text, ClipSpec(), clips=7)) == 0

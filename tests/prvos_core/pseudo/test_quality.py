@@ -9,7 +9,7 @@ import pytest
 from prvos_core.config import RefineSection
 from prvos_core.data.masks import read_mask
 from prvos_core.labels import IGNORE_LABEL
-from prvos_core.pseudo.quality import QualityCounts, pseudo_label_quality, teacher_quality
+from prvos_core.pseudo.quality import QualityCounts, frames_quality, pseudo_label_quality, teacher_quality
 from prvos_core.pseudo.refine import RefineSummary, refine_expression
 from prvos_core.pseudo.thresholds import ConfidenceHistogram, Thresholds, choose_thresholds
 from prvos_core.pseudo.uncertainty import binary_entropy
@@ -47,6 +47,16 @@ def test_undefined_ratios_are_none_and_counts_add():
         pseudo_label_quality(np.zeros((2, 2), np.uint8), np.zeros((2, 3), np.uint8))
 
 
+def test_frames_quality_sums_the_masked_frames_only():
+    label = np.array([[[1, X]], [[0, 1]], [[1, 1]]], dtype=np.uint8)
+    prob = np.array([[[0.9, 0.6]], [[0.2, 0.8]], [[0.9, 0.9]]], dtype=np.float32)
+    masks = {0: np.array([[1, 0]], np.uint8), 1: np.array([[1, 1]], np.uint8)}  # frame 2 has no mask
+    pseudo, teacher = frames_quality(label, prob, masks)
+    assert pseudo == QualityCounts(tp=2, fp=0, fn=1, tn=0, ignored=1)
+    assert teacher == QualityCounts(tp=2, fp=1, fn=1, tn=0, ignored=0)
+    assert frames_quality(label, prob, {}) == (QualityCounts(), QualityCounts())
+
+
 def _expression(frame_entropy, fg_prob, gt=None):
     """Frames of 2 x 2 pixels: the left column has probability fg_prob[t], the right column 0.0."""
     prob = np.zeros((len(frame_entropy), 2, 2), dtype=np.float32)
@@ -60,8 +70,9 @@ def test_summary_counts_frames_kept_pixels_and_quality_by_hand():
     # Expression A: frame 0 GT (teacher 0.9 left column -> kept fg, one fp), frames 1-3 pseudo: entropy ranks 3, 1
     # kept (frame 3's left column 0.7 is ignored), frame 2 rejected.
     a = _expression([0.0, 0.2, 0.3, 0.1], [0.9, 0.95, 0.99, 0.7], gt={0: gt})
-    # Expression B: no GT, two frames, both kept and fully confident.
-    b = _expression([0.1, 0.2], [1.0, 0.0])
+    # Expression B: no GT, two frames, both kept and fully confident (the same object on both: the area and
+    # temporal rules of expressions without GT pass them).
+    b = _expression([0.1, 0.2], [1.0, 1.0])
     summary = RefineSummary(THRESHOLDS)
     summary.add(a)
     summary.add(b)

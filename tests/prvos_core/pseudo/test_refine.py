@@ -7,7 +7,7 @@ import pytest
 
 from prvos_core.config import RefineSection
 from prvos_core.labels import IGNORE_LABEL
-from prvos_core.pseudo.refine import refine_expression
+from prvos_core.pseudo.refine import refine_expression, temporal_iou
 from prvos_core.pseudo.thresholds import ConfidenceHistogram, Thresholds, choose_thresholds
 
 X = IGNORE_LABEL
@@ -258,5 +258,88 @@ def test_frames_whose_object_area_disagrees_with_the_annotated_frames_are_reject
     # Disabled bounds keep all three.
     loose = RefineSection(frames_per_expression=3, min_area_ratio=0.0, max_area_ratio=None)
     assert _refine(prob, loose, uncertainty, gt={0: gt_mask}).pseudo_frames == (1, 2, 3)
-    # Without GT there is no reference area: nothing is rejected for its area.
-    assert _refine(prob, RefineSection(frames_per_expression=4), uncertainty).pseudo_frames == (0, 1, 2, 3)
+    # Without GT the reference is the median predicted area (0.125): frames 0 and 1 (0x) and 3 (8x) are out.
+    without_gt = _refine(prob, RefineSection(frames_per_expression=4, min_temporal_iou=0.0), uncertainty)
+    assert without_gt.pseudo_frames == (2,)
+    assert without_gt.frames[3].reason == (
+        "rank 3 of 4 by mean entropy 0.000; predicted object area 8.00x the expression's median, outside [0.5, 2]"
+    )
+
+
+def _square_video(corners, side=3, shape=(8, 8)):
+    """A confident side x side square object (p = 0.99, background 0.01) with its top-left corner per frame."""
+    prob = np.full((len(corners), *shape), 0.01, dtype=np.float32)
+    for t, (y, x) in enumerate(corners):
+        prob[t, y : y + side, x : x + side] = 0.99
+    return prob
+
+
+def test_without_ground_truth_a_frame_where_the_object_jumps_away_is_rejected():
+    # A still object; on frame 3 the teacher jumps to the opposite corner (same area), and is most sure there.
+    prob = _square_video([(0, 0)] * 3 + [(5, 5)] + [(0, 0)] * 3)
+    uncertainty = np.full_like(prob, 0.2)
+    uncertainty[3] = 0.0
+    np.testing.assert_allclose(temporal_iou(prob > 0.5), [1, 1, 1, 0, 1, 1, 1])
+    refined = _refine(prob, RefineSection(frames_per_expression=None), uncertainty)
+    assert refined.pseudo_frames == (0, 1, 2, 4, 5, 6)
+    assert refined.frames[3].reason == (
+        "rank 1 of 7 by mean entropy 0.000; predicted mask's best IoU 0.00 with the neighbouring frames' below min 0.50"
+    )
+    np.testing.assert_array_equal(refined.label[3], np.full((8, 8), X))
+    np.testing.assert_array_equal(refined.weight[3], np.zeros((8, 8)))
+    # Its neighbours still agree with their other neighbour (IoU 1): only the jump is rejected.
+    assert refined.frames[2].kept and refined.frames[4].kept
+    loose = RefineSection(frames_per_expression=None, min_temporal_iou=0.0)
+    assert _refine(prob, loose, uncertainty).pseudo_frames == tuple(range(7))
+
+
+def test_without_ground_truth_the_area_reference_is_the_median_predicted_area():
+    prob = _square_video([(2, 2)] * 5, side=2)
+    prob[2, :6, :6] = 0.99  # 36 pixels against the others' 4: 9x the median
+    refined = _refine(prob, RefineSection(frames_per_expression=None), np.zeros_like(prob))
+    assert refined.pseudo_frames == (0, 1, 3, 4)
+    assert refined.frames[2].reason == (
+        "rank 3 of 5 by mean entropy 0.000; predicted object area 9.00x the expression's median, outside [0.5, 2]"
+    )
+
+
+def test_an_expression_whose_teacher_sees_nothing_has_every_frame_rejected():
+    prob = np.full((5, 8, 8), 0.01, dtype=np.float32)
+    prob[1, :2, :2] = 0.99  # an object on 2 of 5 frames: the median area is 0
+    prob[4, :2, :2] = 0.99
+    refined = _refine(prob, RefineSection(frames_per_expression=None), np.zeros_like(prob))
+    assert refined.pseudo_frames == ()
+    assert all(
+        not d.kept and d.reason.endswith("teacher finds no object (predicted object area 0 on most frames)")
+        for d in refined.frames
+    )
+    np.testing.assert_array_equal(refined.label, np.full(prob.shape, X))
+    np.testing.assert_array_equal(refined.weight, np.zeros(prob.shape))
+    # With both area bounds off there is no area rule; the temporal rule alone rejects the flickering frames
+    # (best IoU with a neighbour: 0, 0, 1, 1, 0; two empty frames agree).
+    loose = RefineSection(frames_per_expression=None, min_area_ratio=0.0, max_area_ratio=None)
+    assert _refine(prob, loose, np.zeros_like(prob)).pseudo_frames == (2, 3)
+
+
+def test_temporal_iou_of_empty_and_single_frames():
+    empty = np.zeros((3, 2, 2), dtype=bool)
+    np.testing.assert_array_equal(temporal_iou(empty), [1.0, 1.0, 1.0])  # agree there is nothing
+    one = empty.copy()
+    one[2, 0, 0] = True
+    np.testing.assert_array_equal(temporal_iou(one), [1.0, 1.0, 0.0])
+    assert np.isnan(temporal_iou(one[:1])).all()  # no neighbour: nothing to compare with
+    single = _refine(_square_video([(0, 0)]), RefineSection(min_temporal_iou=1.0), np.zeros((1, 8, 8), np.float32))
+    assert single.pseudo_frames == (0,)
+
+
+def test_an_expression_with_ground_truth_is_unaffected_by_min_temporal_iou():
+    prob = _square_video([(0, 0)] * 3 + [(5, 5)] + [(0, 0)] * 3)
+    uncertainty = np.full_like(prob, 0.2)
+    uncertainty[3] = 0.0
+    gt = {0: (prob[0] > 0.5).astype(np.uint8)}
+    strict = _refine(prob, RefineSection(frames_per_expression=None, min_temporal_iou=1.0), uncertainty, gt=gt)
+    loose = _refine(prob, RefineSection(frames_per_expression=None, min_temporal_iou=0.0), uncertainty, gt=gt)
+    assert strict.frames == loose.frames
+    np.testing.assert_array_equal(strict.label, loose.label)
+    np.testing.assert_array_equal(strict.weight, loose.weight)
+    assert strict.pseudo_frames == (1, 2, 3, 4, 5, 6)  # the jump keeps the GT frame's area: the GT rules pass it
