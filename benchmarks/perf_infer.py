@@ -35,7 +35,7 @@ from prvos_core.data.manifest import read_manifest  # noqa: E402
 from prvos_core.inference.propagation import iter_propagate  # noqa: E402
 from prvos_core.model.builders import build_model  # noqa: E402
 from prvos_core.model.checkpoint import save_checkpoint  # noqa: E402
-from prvos_core.inference.predict import _first_frame_mask, _LazyFrames, load_predictor  # noqa: E402
+from prvos_core.inference.predict import _anchor_masks, _LazyFrames, load_predictor  # noqa: E402
 from prvos_core.pseudo.store import PseudoLabelWriter, open_store, read_pseudo_label  # noqa: E402
 from prvos_core.text.cache import TextCache  # noqa: E402
 from prvos_core.pseudo.uncertainty import binary_entropy  # noqa: E402
@@ -116,7 +116,12 @@ def _bare_inputs(space, checkpoint: str):
         uris = [str(paths.frame_path(video.video_id, frame)) for frame in video.frame_ids]
         frames = _LazyFrames(uris, SIZE, (video.height, video.width))[:]  # the stage's own decode, done up front
         words, mask = cache.lookup([expression.text])
-        inputs[expression.expression_id] = (frames, words[0], mask[0], _first_frame_mask(video, expression, SIZE))
+        inputs[expression.expression_id] = (
+            frames,
+            words[0],
+            mask[0],
+            _anchor_masks(video, expression, SIZE, "first").get(0),
+        )
     return inputs
 
 

@@ -106,7 +106,8 @@ def _float_predictions(checkpoint: str, manifest, cache: TextCache, size) -> dic
         words, mask = cache.lookup([expression.text])
         video = manifest.video(expression.video_id, "train")
         frames = predict_expression(model, video, expression, words[0], mask[0], size,
-                                    first_mask_from_gt=cfg.first_frame_gt, memory_frames=cfg.memory_frames)  # fmt: skip
+                                    first_mask_from_gt=cfg.first_frame_gt, memory_frames=cfg.memory_frames,
+                                    anchors=cfg.anchors, flip=cfg.uncertainty == "flip")  # fmt: skip
         predictions[expression.expression_id] = np.stack([prob for _, prob in frames])
     return predictions
 

@@ -187,8 +187,9 @@ class InferSection(Section):
     # "all": every ground-truth frame of the expression enters memory and the teacher propagates forward and
     # backward from them, fusing the two passes by temporal distance; "first": forward from frame 0 only.
     anchors: Literal["all", "first"] = "all"
-    # "entropy": binary entropy of the teacher's probability; "flip": also run the horizontally flipped video
-    # and use the disagreement |p - p_flip| (expressions naming left/right keep entropy).
+    # "entropy": binary entropy of the teacher's probability; "flip": also run the horizontally mirrored video and
+    # average the two passes (uncertainty = entropy of the mean, which bounds their disagreement); expressions
+    # naming left/right keep the plain pass.
     uncertainty: Literal["entropy", "flip"] = "entropy"
     teacher: Literal["ema", "student"] = "ema"  # the EMA of the student, or its raw last weights
 

@@ -1,8 +1,10 @@
 """Infer: the round's teacher (EMA of the student) labels every frame of every expression of the train split.
 
-Per expression an actor of the pool (stages._ray) propagates through the whole video and streams each frame's
-foreground probability and per-pixel uncertainty (binary entropy) into the Zarr pseudo-label store, one chunk
-per frame and one writer per expression, then commits the expression and returns one index row per frame.
+Per expression an actor of the pool (stages._ray) propagates through the whole video (from every ground-truth
+frame of the expression, both ways, with `anchors: all`; optionally averaged with the mirrored video, with
+`uncertainty: flip`) and streams each frame's foreground probability and per-pixel uncertainty (binary entropy)
+into the Zarr pseudo-label store, one chunk per frame and one writer per expression, then commits the expression
+and returns one index row per frame.
 
 Resume: committed expressions are skipped (their index rows are rebuilt from the store) and an uncommitted one
 is rewritten from scratch, so an interrupted infer redoes at most the expressions that were in flight, and a
@@ -122,7 +124,12 @@ class TeacherActor(PredictorActor):
         # A new writer replaces whatever an interrupted run left of this expression.
         writer = PseudoLabelWriter(self.store, expression_id, video.frame_ids, size, self.teacher, self.cfg.encoding)
         rows = []
-        predictions = self.predictor.predict(expression, video, size, first_mask_from_gt=self.cfg.first_frame_gt)
+        predictions = self.predictor.predict(
+            expression, video, size, first_mask_from_gt=self.cfg.first_frame_gt, anchors=self.cfg.anchors,
+            flip=self.cfg.uncertainty == "flip",
+        )  # fmt: skip
+        # With flip, prob is the mean m of the two passes and H(m) their mean entropy plus their disagreement; it
+        # bounds |p - p_flip| (<= 2 min(m, 1 - m) <= H(m)), so a max with the disagreement would add nothing.
         for index, prob in predictions:
             summary = writer.write(index, prob, binary_entropy(prob))
             rows.append(index_row(expression_id, video.frame_ids[index], summary, self.teacher))
@@ -135,6 +142,14 @@ def _inputs_digest(
 ) -> str:
     """Digest of everything the stored labels depend on; pool sizes and threads are left out, so a resume
     may use other resources."""
+    records = []
+    for expression in expressions:
+        video = videos[expression.expression_id]
+        # labelled: an unlabelled video's masks are never read by the teacher.
+        records.append(
+            [expression.expression_id, expression.text, expression.object_id, list(expression.gt_frames),
+             list(video.frame_ids), video.labelled]
+        )  # fmt: skip
     content = {
         "teacher": teacher,
         "input_size": list(inputs.input_size),
@@ -142,10 +157,9 @@ def _inputs_digest(
         "encoding": cfg.encoding,
         "memory_frames": cfg.memory_frames,
         "first_frame_gt": cfg.first_frame_gt,
-        "expressions": sorted(
-            [e.expression_id, e.text, e.object_id, list(e.gt_frames), list(videos[e.expression_id].frame_ids)]
-            for e in expressions
-        ),
+        "anchors": cfg.anchors,
+        "uncertainty": cfg.uncertainty,
+        "expressions": sorted(records),
     }
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 

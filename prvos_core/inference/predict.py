@@ -1,17 +1,20 @@
 """Running a trained model over one expression's video: the code shared by teacher inference and evaluation.
 
-Frames are decoded and resized lazily, one at a time, and the model propagates frame by frame from the first
-frame (its ground-truth mask when asked and available, else the model's own prediction). Nothing here is
-random and the model runs in eval mode, so the same checkpoint, inputs, device and thread count give the
-same probabilities bit for bit. `Predictor` bundles what a worker of teacher inference or evaluation holds (the
-weights, the text cache in memory, the split's records) and runs without Ray.
+Frames are decoded and resized lazily, one at a time, and the model propagates frame by frame: evaluation from
+the first frame (its ground-truth mask when asked and available, else the model's own prediction), the teacher
+from every ground-truth frame of the expression both ways, optionally averaged with the mirrored video's
+prediction (flip test-time augmentation). Nothing here is random and the model runs in eval mode, so the same
+checkpoint, inputs, device and thread count give the same probabilities bit for bit. `Predictor` bundles what a
+worker of teacher inference or evaluation holds (the weights, the text cache in memory, the split's records) and
+runs without Ray.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import re
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Literal
 
 import cv2
@@ -20,15 +23,15 @@ import torch
 
 from prvos_core import storage
 from prvos_core.data.frames import decode_frame, decode_reduction, read_object_mask, resize_frame, resize_map
-from prvos_core.data.layout import SplitPaths
 from prvos_core.data.manifest import Expression, Manifest, Video, read_manifest
 from prvos_core.errors import DataError, UserError
-from prvos_core.inference.propagation import iter_propagate
+from prvos_core.inference.propagation import AnchoredPropagation, iter_propagate
 from prvos_core.model.checkpoint import EMA_FILE, MODEL_FILE, load_checkpoint, read_checkpoint_meta
 from prvos_core.model.urvos import URVOS
 from prvos_core.text.cache import TextCache, TextNotCachedError
 
 Weights = Literal["ema", "student"]
+Anchors = Literal["all", "first"]  # which ground-truth frames the propagation starts from (`predict_expression`)
 
 
 def choose_device(gpus: float) -> torch.device:
@@ -71,28 +74,99 @@ def predictor_identity(checkpoint: str, weights: Weights) -> str:
 
 
 class _LazyFrames:
-    """A (T, 3, h, w) float view of a video that decodes a frame only when the model asks for it."""
+    """A (T, 3, h, w) float view of a video that decodes a frame only when the model asks for it.
 
-    def __init__(self, paths: list[str], size: tuple[int, int], frame_size: tuple[int, int]) -> None:
+    keep: hold each decoded frame (uint8 at `size`) for the view's lifetime, for propagations that read frames
+    more than once (both directions, the flipped video); mirrored views share it (`mirrored`).
+    """
+
+    def __init__(
+        self, paths: list[str], size: tuple[int, int], frame_size: tuple[int, int], keep: bool = False
+    ) -> None:
         self.paths, self.size = paths, size
         self.reduce = decode_reduction(frame_size, size)  # decode at the smallest scale that covers `size`
         self.shape = torch.Size((len(paths), 3, *size))
         self.ndim = 4
+        self.kept: dict[int, np.ndarray] | None = {} if keep else None
+        self.flip = False
+
+    def mirrored(self) -> _LazyFrames:
+        """The horizontally flipped video, decoded through the same kept frames."""
+        view = copy.copy(self)
+        view.flip = True
+        return view
 
     def __getitem__(self, item: slice) -> torch.Tensor:
-        frames = [resize_frame(decode_frame(path, self.reduce), self.size) for path in self.paths[item]]
-        return torch.from_numpy(np.stack(frames)).float().div_(255)
+        frames = torch.from_numpy(np.stack([self._frame(t) for t in range(len(self.paths))[item]]))
+        frames = frames.float().div_(255)
+        return frames.flip(-1) if self.flip else frames
+
+    def _frame(self, t: int) -> np.ndarray:
+        if self.kept is not None and t in self.kept:
+            return self.kept[t]
+        frame = resize_frame(decode_frame(self.paths[t], self.reduce), self.size)
+        if self.kept is not None:
+            self.kept[t] = frame
+        return frame
 
 
-def _first_frame_mask(video: Video, expression: Expression, input_size: tuple[int, int]) -> torch.Tensor | None:
-    """The ground-truth mask (h, w) float {0, 1} of the video's first frame at `input_size` (nearest), or None
-    when that frame has no mask of this expression's object."""
-    first = video.frame_ids[0]
-    if first not in expression.gt_frames or not expression.object_id:
-        return None
+def _anchor_masks(
+    video: Video, expression: Expression, input_size: tuple[int, int], anchors: Anchors
+) -> dict[int, torch.Tensor]:
+    """Frame index -> ground-truth mask (h, w) float {0, 1} at `input_size` (nearest) of the frames the
+    propagation starts from: every frame with a mask of this expression's object ("all"), or the first frame
+    when it has one ("first"). Empty when no object is named or the video is unlabelled. Masks the label regime
+    hides are not in `expression.gt_frames`, so they are never read here."""
+    if not expression.object_id or not video.labelled:
+        return {}
+    paths, gt = video.paths, set(expression.gt_frames)
+    candidates = video.frame_ids if anchors == "all" else video.frame_ids[:1]
+    masks = {}
+    for t, frame in enumerate(candidates):
+        if frame in gt:
+            mask = read_object_mask(str(paths.mask_path(video.video_id, frame)), expression.object_id)
+            masks[t] = torch.from_numpy(resize_map(mask, input_size)).float()
+    return masks
+
+
+def _frames(video: Video, input_size: tuple[int, int], keep: bool) -> _LazyFrames:
     paths = video.paths
-    mask = read_object_mask(str(paths.mask_path(video.video_id, first)), expression.object_id)
-    return torch.from_numpy(resize_map(mask, input_size)).float()
+    uris = [str(paths.frame_path(video.video_id, frame)) for frame in video.frame_ids]
+    return _LazyFrames(uris, input_size, (video.height, video.width), keep)
+
+
+def _anchored(masks: dict[int, torch.Tensor]) -> bool:
+    """Whether the propagation goes both ways: not with no mask or a mask of frame 0 only, which is the forward
+    propagation from frame 0 (evaluation's, and the seed's; `AnchoredPropagation` would give the same bits)."""
+    return not masks.keys() <= {0}
+
+
+def _predictions(
+    model: URVOS,
+    frames: _LazyFrames,
+    words: torch.Tensor,
+    word_mask: torch.Tensor,
+    masks: dict[int, torch.Tensor],
+    memory_frames: int,
+) -> Iterator[torch.Tensor]:
+    """Each frame's foreground probability (h, w), in order; of the mirrored video when `frames` is (its masks
+    flipped in, its predictions flipped back)."""
+    if frames.flip:
+        masks = {t: mask.flip(-1) for t, mask in masks.items()}
+    if _anchored(masks):
+        propagation = iter(AnchoredPropagation(model, frames, words, word_mask, masks, memory_frames))
+    else:
+        propagation = iter_propagate(model, frames, words, word_mask, masks.get(0), memory_frames)
+    for prob in propagation:
+        yield prob.flip(-1) if frames.flip else prob
+
+
+_SIDE_WORDS = re.compile(r"\b(left|right|leftmost|rightmost)\b", re.IGNORECASE)
+
+
+def names_a_side(text: str) -> bool:
+    """Whether an expression says left or right (word match): the mirrored video contradicts it."""
+    return _SIDE_WORDS.search(text) is not None
 
 
 def predict_expression(
@@ -105,20 +179,30 @@ def predict_expression(
     *,
     first_mask_from_gt: bool,
     memory_frames: int,
+    anchors: Anchors = "first",
+    flip: bool = False,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (frame index, foreground probability (h, w) float32 at `input_size`) for every frame of the video.
 
     model: in eval mode. words (L, D), word_mask (L,) bool: the expression's cached token features.
-    first_mask_from_gt: start from the first frame's ground-truth mask when it has one (frame 0 is then that
-    mask itself); else the model finds the object from the text alone.
+    first_mask_from_gt: start from ground truth where the expression has it (a ground-truth frame's output is
+    then its mask itself); else the model finds the object from the text alone. anchors "first": forward from
+    frame 0, from its ground-truth mask when it has one (evaluation's protocol); "all": every ground-truth frame
+    is an anchor in memory and the object is propagated from them both ways (`AnchoredPropagation`).
+    flip: horizontal-flip test-time augmentation, the mean of the video's and the mirrored video's prediction
+    (flipped back); not for an expression that names a side (`names_a_side`), which keeps the plain one.
     """
-    paths = video.paths
-    frame_uris = [str(paths.frame_path(video.video_id, frame)) for frame in video.frame_ids]
-    frames = _LazyFrames(frame_uris, input_size, (video.height, video.width))
-    first_mask = _first_frame_mask(video, expression, input_size) if first_mask_from_gt else None
-    propagation = iter_propagate(model, frames, words, word_mask, first_mask, memory_frames)
-    for index, prob in enumerate(propagation):
-        yield index, prob.float().cpu().numpy()
+    masks = _anchor_masks(video, expression, input_size, anchors) if first_mask_from_gt else {}
+    flip = flip and not names_a_side(expression.text)
+    frames = _frames(video, input_size, keep=flip or _anchored(masks))
+    plain = _predictions(model, frames, words, word_mask, masks, memory_frames)
+    if not flip:
+        for index, prob in enumerate(plain):
+            yield index, prob.float().cpu().numpy()
+        return
+    mirrored = _predictions(model, frames.mirrored(), words, word_mask, masks, memory_frames)
+    for index, (prob, unflipped) in enumerate(zip(plain, mirrored, strict=True)):
+        yield index, ((prob.float() + unflipped.float()) / 2).cpu().numpy()
 
 
 def upsample_prob(prob: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -173,10 +257,17 @@ class Predictor:
         return expression, self.manifest.video_of(expression)
 
     def predict(
-        self, expression: Expression, video: Video, input_size: tuple[int, int], *, first_mask_from_gt: bool
+        self,
+        expression: Expression,
+        video: Video,
+        input_size: tuple[int, int],
+        *,
+        first_mask_from_gt: bool,
+        anchors: Anchors = "first",
+        flip: bool = False,
     ) -> Iterator[tuple[int, np.ndarray]]:
         """(frame index, foreground probability (h, w) float32 at `input_size`) for every frame of the video,
-        from the expression's cached token features (`predict_expression`)."""
+        from the expression's cached token features (`predict_expression`; evaluation keeps the defaults)."""
         words, word_mask = self.text.lookup([expression.text])
         return predict_expression(
             self.model,
@@ -187,4 +278,6 @@ class Predictor:
             input_size,
             first_mask_from_gt=first_mask_from_gt,
             memory_frames=self.memory_frames,
+            anchors=anchors,
+            flip=flip,
         )

@@ -60,7 +60,7 @@ def refine_expression(
     """Refine one expression's teacher predictions into labels, weights and a frame choice.
 
     prob: (T, H, W) float foreground probability of the teacher on every frame.
-    uncertainty: (T, H, W) float per-pixel uncertainty (binary entropy, or a TTA / MC-dropout estimate); its
+    uncertainty: (T, H, W) float per-pixel uncertainty (binary entropy of the teacher's, or flip-averaged, probability); its
     per-frame mean ranks the frames.
     gt: frame index -> (H, W) uint8 {0, 1} ground-truth mask. These frames are not pseudo-labelled: their label
     is the GT with weight 1, and the teacher's predictions on them only measure pseudo-label quality.

@@ -1,6 +1,7 @@
 """Tests of stages.infer on the tiny synthetic run: every frame stored in range with an index that matches the
-store, predictions equal to prvos_core.inference.predict, resume after an interruption to byte-identical files, a
-finished infer re-run without model work, a store of other inputs started afresh, and the uint8 size bound."""
+store, every ground-truth frame stored as itself, predictions equal to prvos_core.inference.predict, resume after
+an interruption to byte-identical files, a finished infer re-run without model work, a store of other inputs or
+settings (anchors, flip uncertainty) started afresh, and the uint8 size bound."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from PIL import Image
 from prvos_core.config import InferSection
 from prvos_core.data.manifest import Manifest, read_manifest, write_manifest
 from prvos_core.errors import CheckpointError, DataError, StorageError
-from prvos_core.inference.predict import load_predictor, predict_expression, predictor_identity
+from prvos_core.inference.predict import load_predictor, names_a_side, predict_expression, predictor_identity
 from prvos_core.model.builders import build_model
 from prvos_core.model.checkpoint import save_checkpoint
 from prvos_core.model.ema import EmaTeacher
@@ -77,7 +78,7 @@ def test_every_frame_is_stored_in_range_and_the_index_matches_the_store(tiny_run
     assert len(index) == total == result.frames and len(expressions) == result.expressions
     assert result.skipped == 0 and result.computed == len(expressions)
     assert set(index.status) == {"committed"}
-    started_from_gt = 0
+    anchored = 0
     for expression in expressions:
         label = read_pseudo_label(store, expression.expression_id)
         assert label.frame_ids == expression.all_frames
@@ -94,15 +95,16 @@ def test_every_frame_is_stored_in_range_and_the_index_matches_the_store(tiny_run
         for t in range(len(rows)):
             assert rows.mean_entropy.iloc[t] == np.float32(label.uncertainty[t].mean(dtype=np.float64))
             assert rows.fg_fraction.iloc[t] == np.float32((label.prob[t] > 0.5).mean())
-        if expression.all_frames[0] in expression.gt_frames:
-            # first_frame_gt: frame 0 is the ground-truth mask itself, so it is certain.
-            mask_file = tiny_run.data / "train/Annotations" / expression.video_id / f"{expression.all_frames[0]}.png"
+        # anchors "all": every ground-truth frame is its mask itself, so it is certain.
+        for frame in expression.gt_frames:
+            t = expression.all_frames.index(frame)
+            mask_file = tiny_run.data / "train/Annotations" / expression.video_id / f"{frame}.png"
             mask = (np.array(Image.open(mask_file)) == int(expression.object_id)).astype(np.uint8)
             small = cv2.resize(mask, SIZE[::-1], interpolation=cv2.INTER_NEAREST).astype(np.float32)
-            np.testing.assert_array_equal(label.prob[0], small)
-            assert label.uncertainty[0].max() == 0
-            started_from_gt += 1
-    assert started_from_gt > 0
+            np.testing.assert_array_equal(label.prob[t], small)
+            assert label.uncertainty[t].max() == 0
+        anchored += any(frame != expression.all_frames[0] for frame in expression.gt_frames)
+    assert anchored > 0
     assert set(index.teacher) == {predictor_identity(checkpoint, "ema")}
 
 
@@ -121,11 +123,12 @@ def test_stored_labels_are_the_core_predictor_quantised(tiny_run, checkpoint, cl
     model = load_predictor(checkpoint, "ema", torch.device("cpu"))
     cache = TextCache(tiny_run.text_cache, tiny_run.text_identity)
     store = open_store(str(out / "pseudo.zarr"), mode="r")
+    cfg = InferSection()
     for expression in manifest.split_expressions("train")[:3]:
         words, mask = cache.lookup([expression.text])
         direct = [prob for _, prob in predict_expression(
             model, manifest.video(expression.video_id, "train"), expression, words[0], mask[0], SIZE,
-            first_mask_from_gt=True, memory_frames=InferSection().memory_frames)]  # fmt: skip
+            first_mask_from_gt=cfg.first_frame_gt, memory_frames=cfg.memory_frames, anchors=cfg.anchors)]  # fmt: skip
         stored = zarr.open_group(str(out / "pseudo.zarr" / expression.expression_id), mode="r")
         # One torch thread here and in the actors: the same float results, so the same uint8 codes.
         np.testing.assert_array_equal(stored["prob"][:], quantize_unit(np.stack(direct)))
@@ -192,6 +195,52 @@ def test_a_store_left_by_other_inputs_starts_afresh(tiny_run, checkpoint, clean,
         before = read_pseudo_label(old, expression.expression_id)
         assert np.abs(fresh.prob - before.prob).max() <= 1 / 510 + 2**-11
     assert len(pq.read_table(out / "index.parquet")) == sum(len(e.all_frames) for e in kept)
+
+
+def test_the_store_digest_names_the_anchors_and_the_uncertainty(tiny_run, checkpoint, tmp_path):
+    manifest = read_manifest(tiny_run.manifest_dir)
+    expressions = manifest.split_expressions("train")
+    videos = {e.expression_id: manifest.video_of(e) for e in expressions}
+    inputs = _inputs(tiny_run, checkpoint, tmp_path)
+
+    def digest(cfg: InferSection, videos=videos) -> str:
+        return infer._inputs_digest(inputs, cfg, "teacher", expressions, videos)
+
+    digests = {digest(InferSection(anchors=a, uncertainty=u)) for a in ("all", "first") for u in ("entropy", "flip")}
+    assert len(digests) == 4
+    assert digest(InferSection(actors=3, threads_per_actor=2)) == digest(InferSection())  # resources are not inputs
+    unlabelled = {key: replace(video, labelled=False) for key, video in videos.items()}
+    assert digest(InferSection(), unlabelled) != digest(InferSection())
+
+
+def test_flip_uncertainty_starts_afresh_and_stores_the_flip_averaged_teacher(tiny_run, checkpoint, clean, tmp_path,
+                                                                             one_torch_thread):  # fmt: skip
+    reference, _ = clean
+    out = tmp_path / "infer"
+    shutil.copytree(reference, out)
+    manifest = read_manifest(tiny_run.manifest_dir)
+    expressions = manifest.split_expressions("train")
+    # One expression that names a side (it keeps the plain teacher) and one that does not.
+    sided = [e for e in expressions if names_a_side(e.text)]
+    kept = sided[:1] + [e for e in expressions if e not in sided][:1]
+    assert len(kept) == 2
+    write_manifest(str(tmp_path / "manifest"), Manifest(manifest.videos, tuple(kept), ()))
+    cfg = InferSection(actors=1, uncertainty="flip")
+    result = infer.run(_inputs(tiny_run, checkpoint, out, manifest_dir=str(tmp_path / "manifest")), cfg)
+    assert result.skipped == 0 and result.computed == len(kept)  # the entropy run's labels are not reused
+    model = load_predictor(checkpoint, "ema", torch.device("cpu"))
+    cache = TextCache(tiny_run.text_cache, tiny_run.text_identity)
+    old = open_store(str(reference / "pseudo.zarr"), mode="r")
+    for expression in kept:
+        words, mask = cache.lookup([expression.text])
+        direct = np.stack([prob for _, prob in predict_expression(
+            model, manifest.video_of(expression), expression, words[0], mask[0], SIZE, first_mask_from_gt=True,
+            memory_frames=cfg.memory_frames, anchors=cfg.anchors, flip=True)])  # fmt: skip
+        stored = zarr.open_group(str(out / "pseudo.zarr" / expression.expression_id), mode="r")
+        np.testing.assert_array_equal(stored["prob"][:], quantize_unit(direct))
+        np.testing.assert_array_equal(stored["uncertainty"][:], quantize_unit(binary_entropy(direct)))
+        plain = old[expression.expression_id]["prob"][:]
+        assert np.array_equal(stored["prob"][:], plain) == names_a_side(expression.text)
 
 
 def test_problems_a_user_can_fix_are_one_line_errors(tiny_run, checkpoint, tmp_path):

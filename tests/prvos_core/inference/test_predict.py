@@ -1,7 +1,7 @@
 """Tests of prvos_core.inference.predict: which weights run, lazy frame decoding, the first-frame ground-truth start,
-bilinear upsampling, and the Ray-free Predictor (checkpoint + text cache + manifest -> an expression's
-probabilities) with the checks made before a fleet of them starts, on a tiny synthetic video and a seeded random
-tiny model."""
+the teacher's start from every ground-truth frame (both ways), flip test-time augmentation, bilinear upsampling,
+and the Ray-free Predictor (checkpoint + text cache + manifest -> an expression's probabilities) with the checks
+made before a fleet of them starts, on a tiny synthetic video and a seeded random tiny model."""
 
 from __future__ import annotations
 
@@ -24,11 +24,12 @@ from prvos_core.inference.predict import (
     check_prediction_inputs,
     choose_device,
     load_predictor,
+    names_a_side,
     predict_expression,
     predictor_identity,
     upsample_prob,
 )
-from prvos_core.inference.propagation import propagate
+from prvos_core.inference.propagation import AnchoredPropagation, propagate
 from prvos_core.model.builders import build_model
 from prvos_core.model.checkpoint import save_checkpoint
 from prvos_core.model.ema import EmaTeacher
@@ -51,6 +52,27 @@ def video(tmp_path_factory) -> Video:
 def _expression(video: Video, object_id: str = "1", gt_frames: tuple[str, ...] = ("00000", "00005")) -> Expression:
     return Expression("e1", "0", "train", video.video_id, object_id, "triangle", "the yellow triangle", gt_frames,
                       video.frame_ids)  # fmt: skip
+
+
+def _eager_frames(video: Video) -> torch.Tensor:
+    """The video's frames (T, 3, h, w) at SIZE, decoded up front."""
+    paths = [f"{video.dataset_root}/train/JPEGImages/{video.video_id}/{frame}.jpg" for frame in video.frame_ids]
+    return torch.from_numpy(np.stack([resize_frame(decode_frame(p), SIZE) for p in paths])).float() / 255
+
+
+def _gt_mask(video: Video, frame: str) -> torch.Tensor:
+    """Object 1's mask (h, w) float {0, 1} at SIZE, independent of prvos_core's mask reader: palette index == object
+    id, then nearest resize."""
+    ids = np.array(Image.open(f"{video.dataset_root}/train/Annotations/{video.video_id}/{frame}.png"))
+    mask = cv2.resize((ids == 1).astype(np.uint8), SIZE[::-1], interpolation=cv2.INTER_NEAREST)
+    assert 0 < mask.sum() < mask.size
+    return torch.from_numpy(mask).float()
+
+
+def _run(model, video: Video, expression: Expression, text, **options) -> np.ndarray:
+    """predict_expression's probabilities (T, h, w), memory of 2 frames."""
+    frames = predict_expression(model, video, expression, *text, SIZE, memory_frames=2, **options)
+    return np.stack([prob for _, prob in frames])
 
 
 @pytest.fixture(scope="module")
@@ -131,9 +153,7 @@ def test_the_predictor_identity_names_the_weights_file_that_runs(tmp_path, model
 def test_predictions_equal_propagation_over_eagerly_decoded_frames(video, models, text, one_torch_thread):
     student, _ = models
     words, word_mask = text
-    paths = [f"{video.dataset_root}/train/JPEGImages/{video.video_id}/{frame}.jpg" for frame in video.frame_ids]
-    frames = torch.from_numpy(np.stack([resize_frame(decode_frame(p), SIZE) for p in paths])).float() / 255
-    expected = propagate(student.eval(), frames, words, word_mask, None, 2).numpy()
+    expected = propagate(student.eval(), _eager_frames(video), words, word_mask, None, 2).numpy()
     got = list(predict_expression(student, video, _expression(video), words, word_mask, SIZE,
                                   first_mask_from_gt=False, memory_frames=2))  # fmt: skip
     assert [index for index, _ in got] == list(range(6))
@@ -143,24 +163,88 @@ def test_predictions_equal_propagation_over_eagerly_decoded_frames(video, models
 
 def test_the_first_frame_starts_from_its_ground_truth_mask(video, models, text, one_torch_thread):
     student, _ = models
-    words, word_mask = text
-    # Independent of prvos_core's mask reader: palette index == object id, then nearest resize.
-    ids = np.array(Image.open(f"{video.dataset_root}/train/Annotations/{video.video_id}/00000.png"))
-    gt = cv2.resize((ids == 1).astype(np.uint8), SIZE[::-1], interpolation=cv2.INTER_NEAREST).astype(np.float32)
-    assert 0 < gt.sum() < gt.size
+    gt = _gt_mask(video, "00000")
 
     def run(expression: Expression, from_gt: bool) -> np.ndarray:
-        frames = predict_expression(student, video, expression, words, word_mask, SIZE,
-                                    first_mask_from_gt=from_gt, memory_frames=2)  # fmt: skip
-        return np.stack([prob for _, prob in frames])
+        return _run(student, video, expression, text, first_mask_from_gt=from_gt)
 
     started = run(_expression(video), True)
-    np.testing.assert_array_equal(started[0], gt)
+    np.testing.assert_array_equal(started[0], gt.numpy())
+    # Evaluation's protocol (anchors "first", the default): the forward propagation from that mask, bit for bit.
+    np.testing.assert_array_equal(started, propagate(student, _eager_frames(video), *text, gt, 2).numpy())
     text_only = run(_expression(video), False)
     assert not np.array_equal(started[1:], text_only[1:])  # the mask in memory steers the later frames
     # No start from ground truth when the first frame has no mask of this object, or no object is named.
     np.testing.assert_array_equal(run(_expression(video, gt_frames=("00005",)), True), text_only)
     np.testing.assert_array_equal(run(_expression(video, object_id=""), True), text_only)
+
+
+def test_the_teacher_starts_from_every_ground_truth_frame(video, models, text, one_torch_thread):
+    student, _ = models
+    masks = {0: _gt_mask(video, "00000"), 5: _gt_mask(video, "00005")}
+    anchored = _run(student, video, _expression(video), text, first_mask_from_gt=True, anchors="all")
+    for t, mask in masks.items():
+        np.testing.assert_array_equal(anchored[t], mask.numpy())  # each ground-truth frame reproduced exactly
+    expected = torch.stack(list(AnchoredPropagation(student, _eager_frames(video), *text, masks, 2)))
+    np.testing.assert_array_equal(anchored, expected.numpy())
+    first_only = _run(student, video, _expression(video), text, first_mask_from_gt=True, anchors="first")
+    assert not np.array_equal(anchored[1:5], first_only[1:5])  # the mask at frame 5 reaches back
+    # first_mask_from_gt off: no anchor at all (the text alone), whatever `anchors` says.
+    np.testing.assert_array_equal(
+        _run(student, video, _expression(video), text, first_mask_from_gt=False, anchors="all"),
+        _run(student, video, _expression(video), text, first_mask_from_gt=False),
+    )
+
+
+def test_a_ground_truth_frame_at_the_end_propagates_backward(video, models, text, one_torch_thread):
+    student, _ = models
+    last = _gt_mask(video, "00005")
+    got = _run(student, video, _expression(video, gt_frames=("00005",)), text, first_mask_from_gt=True, anchors="all")
+    backward = propagate(student, _eager_frames(video).flip(0), *text, last, 2).flip(0)
+    np.testing.assert_array_equal(got, backward.numpy())
+    np.testing.assert_array_equal(got[5], last.numpy())
+
+
+def test_an_unlabelled_video_has_no_anchor(video, models, text, one_torch_thread):
+    """The teacher never reads a mask of an unlabelled video, even one the records list."""
+    student, _ = models
+    unlabelled = replace(video, labelled=False)
+    got = _run(student, unlabelled, _expression(video), text, first_mask_from_gt=True, anchors="all")
+    np.testing.assert_array_equal(got, _run(student, video, _expression(video), text, first_mask_from_gt=False))
+
+
+def test_flip_averages_with_the_mirrored_video_flipped_back(video, models, text, one_torch_thread):
+    student, _ = models
+    masks = {0: _gt_mask(video, "00000"), 5: _gt_mask(video, "00005")}
+    frames = _eager_frames(video)
+    plain = torch.stack(list(AnchoredPropagation(student, frames, *text, masks, 2)))
+    mirrored_masks = {t: mask.flip(-1) for t, mask in masks.items()}
+    mirrored = torch.stack(list(AnchoredPropagation(student, frames.flip(-1), *text, mirrored_masks, 2))).flip(-1)
+    got = _run(student, video, _expression(video), text, first_mask_from_gt=True, anchors="all", flip=True)
+    np.testing.assert_array_equal(got, ((plain + mirrored) / 2).numpy())
+    assert not torch.equal(plain, mirrored)  # the random network is not mirror-symmetric
+    for t, mask in masks.items():
+        np.testing.assert_array_equal(got[t], mask.numpy())  # both passes reproduce the anchors
+    # An expression that names a side keeps the plain prediction: the mirrored video contradicts it.
+    left = replace(_expression(video), text="the yellow triangle on the left")
+    np.testing.assert_array_equal(
+        _run(student, video, left, text, first_mask_from_gt=True, anchors="all", flip=True), plain.numpy()
+    )
+
+
+def test_a_side_is_named_by_a_whole_word():
+    for text in ("the cat on the Left", "right-most dog", "the leftmost car", "person at the rightmost edge"):
+        assert names_a_side(text)
+    for text in ("a bright light", "the leftover cake", "an upright piano", "a copyrighted logo"):
+        assert not names_a_side(text)
+
+
+def test_each_frame_is_decoded_once_for_both_passes_and_the_mirrored_video(video, models, text, monkeypatch):
+    student, _ = models
+    decoded = []
+    monkeypatch.setattr(predict, "decode_frame", lambda uri, reduce=1: decoded.append(uri) or decode_frame(uri, reduce))
+    _run(student, video, _expression(video), text, first_mask_from_gt=True, anchors="all", flip=True)
+    assert sorted(decoded) == sorted(set(decoded)) and len(decoded) == 6
 
 
 def test_frames_are_decoded_one_at_a_time_as_the_model_asks(video, models, text, monkeypatch):

@@ -1,12 +1,13 @@
 """Propagation inference: output shape and range, same computation as clip training, bounded memory,
-streaming."""
+streaming; the anchored propagation: anchors reproduced exactly, the backward and forward passes and their
+fusion by distance, every anchor in each pass's memory, and the forward propagation as its one-anchor case."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from prvos_core.inference.propagation import MemoryBank, iter_propagate, propagate
+from prvos_core.inference.propagation import AnchoredPropagation, MemoryBank, iter_propagate, propagate
 from prvos_core.model.builders import build_model
 
 TEXT_DIM = 384
@@ -72,14 +73,22 @@ def test_memory_holds_the_first_frame_and_the_most_recent_ones(model, video, mon
     assert sizes == [1, 1, 1, 1, 1, 1]
 
 
-def test_memory_bank_keeps_first_and_recent_in_order():
-    bank = MemoryBank(recent=2)
+def test_memory_bank_keeps_the_anchors_and_the_recent_frames_in_order():
+    def entry(value: float) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.full((1, 1, 1, 1), value), torch.full((1, 2, 1, 1), value)
+
+    bank = MemoryBank(recent=2, anchors=[entry(-2.0)])
+    bank.anchor(*entry(-1.0))
     for index in range(5):
-        bank.add(torch.full((1, 1, 1, 1), float(index)), torch.full((1, 2, 1, 1), float(index)))
-        assert len(bank) == min(index + 1, 3)
+        bank.add(*entry(float(index)))
+        assert len(bank) == 2 + min(index + 1, 2)
     keys, values = bank.stacked()
-    assert keys.shape == (1, 1, 3, 1, 1) and values.shape == (1, 2, 3, 1, 1)
-    assert keys.flatten().tolist() == [0.0, 3.0, 4.0]
+    assert keys.shape == (1, 1, 4, 1, 1) and values.shape == (1, 2, 4, 1, 1)
+    assert keys.flatten().tolist() == [-2.0, -1.0, 3.0, 4.0]
+    without_recent = MemoryBank(recent=0)
+    without_recent.anchor(*entry(0.0))
+    without_recent.add(*entry(1.0))
+    assert without_recent.stacked()[0].flatten().tolist() == [0.0]
     with pytest.raises(ValueError):
         MemoryBank(recent=-1)
 
@@ -108,3 +117,77 @@ def test_train_mode_and_bad_shapes_are_refused(model, video):
         model.eval()
     with pytest.raises(ValueError, match=r"\(T,3,H,W\)"):
         propagate(model, frames[None], words, word_mask, first_mask)
+
+
+def _masks(*frames: int) -> dict[int, torch.Tensor]:
+    """A different box mask (64, 64) in {0, 1} on each of `frames`."""
+    masks = {}
+    for t in frames:
+        masks[t] = torch.zeros(64, 64)
+        masks[t][10 + 2 * t : 30 + 2 * t, 20:40] = 1
+    return masks
+
+
+def test_one_anchor_at_frame_0_is_the_forward_propagation_bit_for_bit(model, video):
+    frames, words, word_mask, first_mask = video
+    anchored = torch.stack(list(AnchoredPropagation(model, frames, words, word_mask, {0: first_mask}, 2)))
+    assert torch.equal(anchored, propagate(model, frames, words, word_mask, first_mask, 2))
+
+
+def test_one_anchor_at_the_last_frame_propagates_backward(model, video):
+    """Frames before the only anchor come from the backward pass alone: the forward propagation of the reversed
+    video from that anchor's mask, bit for bit."""
+    frames, words, word_mask, first_mask = video
+    anchored = torch.stack(list(AnchoredPropagation(model, frames, words, word_mask, {6: first_mask}, 2)))
+    backward = propagate(model, frames.flip(0), words, word_mask, first_mask, 2).flip(0)
+    assert torch.equal(anchored, backward)
+    assert torch.equal(anchored[6], first_mask)
+    assert not torch.equal(anchored[5], propagate(model, frames, words, word_mask, None, 2)[5])
+
+
+def test_anchor_frames_are_their_masks_and_the_passes_are_fused_by_distance(model, video):
+    frames, words, word_mask, _ = video
+    masks = _masks(1, 5)
+    anchored = AnchoredPropagation(model, frames, words, word_mask, masks, 2)
+    fused = torch.stack(list(anchored))
+    forward = dict(anchored.run(range(1, 7)))
+    backward = dict(anchored.run(range(5, -1, -1)))
+    for t, mask in masks.items():
+        assert torch.equal(fused[t], mask)  # exactly 0/1, not a blend
+        assert torch.equal(forward[t], mask) and torch.equal(backward[t], mask)
+    assert torch.equal(fused[0], backward[0])  # no anchor before frame 0: backward only
+    assert torch.equal(fused[6], forward[6])  # no anchor after frame 6: forward only
+    # Between the anchors at 1 and 5: (d_b * forward + d_f * backward) / (d_f + d_b), the nearer anchor's pass
+    # weighing more.
+    for t, (d_forward, d_backward) in {2: (1, 3), 3: (2, 2), 4: (3, 1)}.items():
+        expected = (d_backward * forward[t] + d_forward * backward[t]) / (d_forward + d_backward)
+        assert torch.equal(fused[t], expected)
+        assert not torch.equal(forward[t], backward[t])  # the passes differ, so the weights are tested
+    assert float(fused.min()) >= 0.0 and float(fused.max()) <= 1.0
+
+
+def test_each_pass_reads_every_anchor_and_its_recent_frames_and_encodes_each_frame_once(model, video, monkeypatch):
+    frames, words, word_mask, _ = video
+    sizes, encoded = [], []
+    read, encode = model.read_memory, model.encode_frame
+
+    def recording_read(query_key, memory_keys, memory_values):
+        sizes.append(memory_keys.shape[2])
+        return read(query_key, memory_keys, memory_values)
+
+    monkeypatch.setattr(model, "read_memory", recording_read)
+    monkeypatch.setattr(model, "encode_frame", lambda images: encoded.append(images) or encode(images))
+    anchored = AnchoredPropagation(model, frames, words, word_mask, _masks(0, 6), memory_size=2)
+    assert len(encoded) == 2  # the two anchors, once for both passes
+    stream = iter(anchored)
+    next(stream)
+    assert len(encoded) == 2 + 5  # the backward pass ran whole: frames 5..1
+    assert len(list(stream)) == 6 and len(encoded) == 2 + 5 + 5  # then the forward pass, streamed: 1..5
+    assert sizes == [2, 3, 4, 4, 4] * 2  # both anchors always, plus up to 2 recent frames of the pass
+
+
+def test_anchors_must_name_frames_of_the_video(model, video):
+    frames, words, word_mask, first_mask = video
+    for anchors in ({}, {7: first_mask}, {-1: first_mask}):
+        with pytest.raises(ValueError, match=r"anchors must name at least one frame, each in 0\.\.6"):
+            AnchoredPropagation(model, frames, words, word_mask, anchors)

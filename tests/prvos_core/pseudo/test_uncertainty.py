@@ -1,18 +1,17 @@
-"""Tests of prvos_core.pseudo.uncertainty: finite binary entropy, the seed's broken entropy, TTA, MC dropout."""
+"""Tests of prvos_core.pseudo.uncertainty: finite binary entropy, the seed's broken entropy, and why flip TTA needs
+no uncertainty of its own."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
-import pytest
 import torch
 
 from prvos_core.config import RefineSection
-from prvos_core.errors import ConfigError
 from prvos_core.pseudo.refine import refine_expression
 from prvos_core.pseudo.thresholds import Thresholds
-from prvos_core.pseudo.uncertainty import binary_entropy, flip_tta, mc_dropout_variance, seed_entropy
+from prvos_core.pseudo.uncertainty import binary_entropy, seed_entropy
 
 
 def test_binary_entropy_is_zero_at_saturation_one_at_half_and_normalised_by_log2():
@@ -74,7 +73,9 @@ def test_seed_entropy_is_nan_on_saturated_frames_and_picks_the_wrong_frames():
     # Ours: finite everywhere; the refinement keeps the truly certain frames 0, 4 (entropy 0) and 1.
     uncertainty = binary_entropy(video)
     assert np.isfinite(uncertainty).all()
-    refined = refine_expression(video, uncertainty, Thresholds(0.5, 0.5), RefineSection(frames_per_expression=3))
+    # The frames are unrelated on purpose (frame 4 is frame 0's complement): no temporal-consistency rule.
+    cfg = RefineSection(frames_per_expression=3, min_temporal_iou=0)
+    refined = refine_expression(video, uncertainty, Thresholds(0.5, 0.5), cfg)
     assert refined.pseudo_frames == (0, 1, 4)
 
 
@@ -93,63 +94,10 @@ def test_seed_entropy_scores_equally_confident_classes_differently():
     np.testing.assert_allclose(binary_entropy(background), binary_entropy(foreground), atol=1e-12)
 
 
-def _ramp_predict(frames: torch.Tensor) -> torch.Tensor:
-    """A toy model that is not flip-equivariant: p = channel 0 * column ramp 0..1."""
-    ramp = torch.linspace(0.0, 1.0, frames.shape[-1])
-    return frames[:, 0] * ramp
-
-
-def test_flip_tta_averages_with_the_unflipped_prediction_of_the_flipped_input():
-    torch.manual_seed(0)
-    frames = torch.rand(2, 3, 5, 4)
-    result = flip_tta(_ramp_predict, frames)
-    ramp = torch.tensor([0.0, 1 / 3, 2 / 3, 1.0])
-    # Flipped input through the model, flipped back: channel0 * reversed ramp.
-    flipped_back = frames[:, 0] * ramp.flip(0)
-    torch.testing.assert_close(result.prob, (frames[:, 0] * ramp + flipped_back) / 2)
-    torch.testing.assert_close(result.disagreement, frames[:, 0] * (ramp - ramp.flip(0)).abs())
-    # Columns 0 and 3 disagree by the whole channel value, columns 1 and 2 by a third of it.
-    torch.testing.assert_close(result.disagreement[:, :, 0], frames[:, 0, :, 0])
-    torch.testing.assert_close(result.disagreement[:, :, 1], frames[:, 0, :, 1] / 3)
-
-
-def test_flip_tta_of_an_equivariant_model_has_no_disagreement():
-    frames = torch.rand(1, 3, 6, 6)
-    result = flip_tta(lambda x: torch.sigmoid(x.mean(dim=1)), frames)
-    torch.testing.assert_close(result.prob, torch.sigmoid(frames.mean(dim=1)))
-    assert result.disagreement.abs().max() < 1e-6
-
-
-def test_flip_tta_rejects_a_predict_fn_of_the_wrong_shape():
-    with pytest.raises(ValueError, match=r"\(N, H, W\)"):
-        flip_tta(lambda x: x[:, :2], torch.rand(1, 3, 4, 4))
-
-
-def test_mc_dropout_variance_of_known_samples():
-    values = iter([0.2, 0.4, 0.9])
-    frames = torch.zeros(2, 3, 3, 3)
-    result = mc_dropout_variance(lambda x: torch.full((2, 3, 3), next(values)), frames, samples=3)
-    torch.testing.assert_close(result.prob, torch.full((2, 3, 3), 0.5))
-    expected_variance = ((0.2 - 0.5) ** 2 + (0.4 - 0.5) ** 2 + (0.9 - 0.5) ** 2) / 3  # 0.08667
-    torch.testing.assert_close(result.variance, torch.full((2, 3, 3), expected_variance))
-
-
-def test_mc_dropout_variance_matches_stacked_samples_of_a_real_dropout_layer():
-    dropout = torch.nn.Dropout(p=0.5).train()
-
-    def predict(x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(dropout(x).sum(dim=1))
-
-    frames = torch.randn(2, 3, 4, 4)
-    torch.manual_seed(7)
-    result = mc_dropout_variance(predict, frames, samples=6)
-    torch.manual_seed(7)
-    stacked = torch.stack([predict(frames) for _ in range(6)])
-    torch.testing.assert_close(result.prob, stacked.mean(dim=0))
-    torch.testing.assert_close(result.variance, stacked.var(dim=0, unbiased=False))
-    assert result.variance.max() > 0  # dropout made the samples differ
-
-
-def test_mc_dropout_needs_two_samples():
-    with pytest.raises(ConfigError, match="at least 2"):
-        mc_dropout_variance(lambda x: x[:, 0], torch.zeros(1, 3, 2, 2), samples=1)
+def test_the_entropy_of_a_mean_bounds_the_disagreement_of_its_two_parts():
+    """Why flip TTA's uncertainty is H of the two predictions' mean (stages.infer): |p - q| <= H((p + q) / 2)
+    for every p, q in [0, 1], so taking the max with the disagreement would change nothing."""
+    p, q = np.meshgrid(np.linspace(0.0, 1.0, 201), np.linspace(0.0, 1.0, 201))
+    assert (np.abs(p - q) <= binary_entropy((p + q) / 2) + 1e-12).all()
+    # Where each pass is sure and they contradict, the mean is a coin flip: fully uncertain.
+    assert binary_entropy(np.array([(1.0 + 0.0) / 2]))[0] == 1.0
