@@ -52,12 +52,19 @@ def data_synth(
     dynamics: Annotated[
         str, typer.Option(help="'linear': objects keep their look; 'varied': they sway, pulse, turn and shade.")
     ] = "linear",
+    unlabelled_videos: Annotated[
+        int,
+        typer.Option(
+            help="Extra train videos in the split 'unlabelled': expressions, no masks (their masks only in "
+            "unlabelled/full_annotations, to score pseudo-labels). Use with --set data.unlabelled_split=unlabelled."
+        ),
+    ] = 0,
 ) -> None:
     """Write a deterministic synthetic RVOS dataset in the Ref-YouTube-VOS layout."""
     from prvos_core.datasets.synth import generate_synthetic
     from prvos_core.progress import progress_bar
 
-    total = videos + (valid_videos or max(1, videos // 4))
+    total = videos + (valid_videos or max(1, videos // 4)) + max(0, unlabelled_videos)
     with progress_bar("synth", total=total, unit="video") as bar:
         summary = generate_synthetic(
             out,
@@ -68,6 +75,7 @@ def data_synth(
             label_every=label_every,
             seed=seed,
             dynamics=dynamics,
+            unlabelled_videos=unlabelled_videos,
             progress=lambda done, _total: bar.update(done - bar.n),
         )
     typer.echo(f"wrote {out}: {summary}")

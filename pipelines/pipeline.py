@@ -33,7 +33,7 @@ from pipelines.run_store import (
 from pipelines.runner import Result, StageOutcome, Verify, run_stage
 from prvos_core import storage
 from prvos_core.config import PrvosConfig
-from prvos_core.data.source import locate
+from prvos_core.data.source import locate, require_unlabelled_split
 from prvos_core.errors import ConfigError
 from prvos_core.model.builders import input_size
 from stages import evaluate, infer, ingest, refine, text, train
@@ -52,13 +52,19 @@ class PipelineReport:
 
 def ensure_dataset(config: PrvosConfig) -> None:
     """Create the synthetic dataset at `data.root` when the config asks for one and it is absent; a local root
-    that is absent otherwise is the user's error, named before any stage (or Ray) starts."""
+    that is absent otherwise, or a local split of unlabelled videos that is absent, is the user's error, named
+    before any stage (or Ray) starts."""
     if config.data.synth is None:
         if storage.is_local(config.data.root):
             locate(config.data.root)
-        return
-    if Path(config.data.root).exists():
-        return
+    elif not Path(config.data.root).exists():
+        _synthesize(config)
+    unlabelled_root = config.data.unlabelled_root or config.data.root
+    if config.data.unlabelled_split and storage.is_local(unlabelled_root):
+        require_unlabelled_split(locate(unlabelled_root)[0], config.data.unlabelled_split)
+
+
+def _synthesize(config: PrvosConfig) -> None:
     from prvos_core.datasets.synth import generate_synthetic
 
     synth = config.data.synth
@@ -72,6 +78,7 @@ def ensure_dataset(config: PrvosConfig) -> None:
         label_every=synth.label_every,
         dynamics=synth.dynamics,
         seed=synth.seed,
+        unlabelled_videos=synth.unlabelled_videos,
     )
 
 
@@ -139,14 +146,34 @@ class _Context:
             self.lineage.stage_finished(name, round_index, section, outcome.result, stage_fingerprint)
 
     def _ingest(self, name: str, round_index: None) -> None:
-        config = self.config
-        splits = (config.data.train_split, config.data.valid_split)
-        section = {"ingest": config.section("ingest"), "data_root": config.data.root, "splits": list(splits)}
+        data = self.config.data
+        splits = (data.train_split, data.valid_split)
+        section = {
+            "ingest": self.config.section("ingest"),
+            "data_root": data.root,
+            "splits": list(splits),
+            "train_labels": data.train_labels,
+            "unlabelled_split": data.unlabelled_split,
+            "unlabelled_root": data.unlabelled_root,
+        }
+        inputs = {"dataset": dataset_fingerprint(data.root)}
+        # Unlabelled videos in another root: a change to its files re-runs ingest as one to data.root does.
+        if data.unlabelled_split and data.unlabelled_root not in (None, data.root):
+            inputs["unlabelled_dataset"] = dataset_fingerprint(data.unlabelled_root)
 
         def work(folder: str) -> ingest.IngestResult:
-            return ingest.run(ingest.IngestInputs(config.data.root, splits, folder), config.ingest)
+            ingest_inputs = ingest.IngestInputs(
+                data.root,
+                splits,
+                folder,
+                train_split=data.train_split,
+                train_labels=data.train_labels,
+                unlabelled_split=data.unlabelled_split,
+                unlabelled_root=data.unlabelled_root,
+            )
+            return ingest.run(ingest_inputs, self.config.ingest)
 
-        self.stage(name, None, section, {"dataset": dataset_fingerprint(config.data.root)}, work, ingest.IngestResult)
+        self.stage(name, None, section, inputs, work, ingest.IngestResult)
         self.lineage.log_manifest(self.outcome(name, ingest.IngestResult).result)
 
     def _text(self, name: str, round_index: None) -> None:

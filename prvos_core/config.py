@@ -27,10 +27,10 @@ class Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-def _no_credentials(value: str) -> str:
+def _no_credentials(value: str | None) -> str | None:
     """Reject `scheme://user:secret@host/...`: configs are logged and copied into every run, credentials are not.
     The error never repeats the value."""
-    if "://" in value:
+    if value is not None and "://" in value:
         parts = urlsplit(value)
         if parts.username or parts.password:
             raise PydanticCustomError(

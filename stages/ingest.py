@@ -2,6 +2,8 @@
 
 File checks (JPEG decode, mask read) fan out as Ray tasks over batches of files; everything else is
 bookkeeping in the driver. Bad items go to the quarantine table with their reason; the rest goes on.
+The train split's label regime (`data.train_labels`) hides masks from training (prvos_core.data.regimes), and
+the videos of `data.unlabelled_split` join the train split without their masks (prvos_core.data.validate).
 """
 
 from __future__ import annotations
@@ -16,7 +18,16 @@ import ray
 from prvos_core.config import IngestSection
 from prvos_core.data import manifest as manifest_io
 from prvos_core.data.file_checks import FileReport, check_files
-from prvos_core.data.source import files_on_disk, locate, read_split, split_exists
+from prvos_core.data.regimes import apply_label_regime
+from prvos_core.data.source import (
+    RawVideo,
+    SplitSource,
+    files_on_disk,
+    locate,
+    read_split,
+    read_unlabelled_split,
+    split_exists,
+)
 from prvos_core.data.validate import VideoFiles, assemble, plan_checks
 from stages._ray import gather
 from stages.result import StageResult, output
@@ -29,6 +40,10 @@ class IngestInputs:
     dataset_root: str  # dataset folder or a new_<split>.json file
     splits: tuple[str, ...]  # e.g. ("train", "valid")
     out_dir: str  # the stage's folder in the run store
+    train_split: str = "train"  # the split that the label regime applies to and the unlabelled videos join
+    train_labels: str = "provided"  # data.train_labels: provided, first or every:K
+    unlabelled_split: str | None = None  # data.unlabelled_split: a split of train videos whose masks are not read
+    unlabelled_root: str | None = None  # the dataset root holding it (None: dataset_root)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,6 +63,8 @@ class IngestResult(StageResult):
     seconds: float
     check_seconds: float  # of the file checks on Ray
     splits: int
+    unlabelled_videos: int = 0  # train videos from data.unlabelled_split (no masks read)
+    hidden_frames: int = 0  # ground-truth frames (over expressions) that the label regime hid from training
 
     @property
     def manifest_dir(self) -> str:
@@ -66,17 +83,15 @@ def run(inputs: IngestInputs, cfg: IngestSection) -> IngestResult:
         log.warning(
             "ingest: split %r has no meta_expressions.json or new_%s.json under %s; skipped", split, split, root
         )
-    videos = []
-    for split in present:
-        source = read_split(root, split)
-        for raw in source.videos:
-            jpegs, pngs = files_on_disk(source.dataset_root, split, raw.video_id)
-            videos.append(VideoFiles(source, raw, tuple(sorted(jpegs)), tuple(sorted(pngs))))
+    sources = [read_split(root, split) for split in present]
+    videos = [_listed(source, raw) for source in sources for raw in source.videos]
+    videos += _unlabelled_videos(inputs)
     checks = plan_checks(videos)
     checks_started = time.perf_counter()
     reports = _check_in_parallel(checks, cfg)
     check_seconds = time.perf_counter() - checks_started
     manifest = assemble(videos, reports, cfg.max_text_chars)
+    manifest = apply_label_regime(manifest, inputs.train_labels, inputs.train_split)
     tables = manifest_io.write_manifest(inputs.out_dir, manifest)
     seconds = time.perf_counter() - started
     frames = sum(1 for c in checks if c.kind == "frame")
@@ -93,7 +108,25 @@ def run(inputs: IngestInputs, cfg: IngestSection) -> IngestResult:
         seconds=seconds,
         check_seconds=check_seconds,
         splits=len(present),
+        unlabelled_videos=sum(not video.labelled for video in manifest.videos),
+        hidden_frames=sum(len(expression.hidden_frames) for expression in manifest.expressions),
     )
+
+
+def _listed(source: SplitSource, raw: RawVideo, joins_split: str | None = None) -> VideoFiles:
+    """One video's files on disk; an unlabelled one (joining `joins_split`) without its masks."""
+    jpegs, pngs = files_on_disk(source.dataset_root, source.split, raw.video_id)
+    masks = tuple(sorted(pngs)) if joins_split is None else ()
+    return VideoFiles(source, raw, tuple(sorted(jpegs)), masks, joins_split)
+
+
+def _unlabelled_videos(inputs: IngestInputs) -> list[VideoFiles]:
+    """The videos of `data.unlabelled_split`, as videos that join the train split (none when it is unset)."""
+    if inputs.unlabelled_split is None:
+        return []
+    root, _ = locate(inputs.unlabelled_root or inputs.dataset_root)
+    source = read_unlabelled_split(root, inputs.unlabelled_split)
+    return [_listed(source, raw, inputs.train_split) for raw in source.videos]
 
 
 @ray.remote(num_cpus=1)

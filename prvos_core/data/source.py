@@ -78,6 +78,22 @@ def read_split(root: str | Path, split: str) -> SplitSource:
     )
 
 
+def read_unlabelled_split(root: str | Path, split: str) -> SplitSource:
+    """Raw records of the split of unlabelled videos (`data.unlabelled_split`), from the same JSON files."""
+    require_unlabelled_split(root, split)
+    return read_split(root, split)
+
+
+def require_unlabelled_split(root: str | Path, split: str) -> None:
+    """A missing split of unlabelled videos is the user's error: DataError naming the files and the settings."""
+    if not split_exists(root, split):
+        paths = SplitPaths(Path(root), split)
+        raise DataError(
+            f"data.unlabelled_split {split!r} of {root}: neither {paths.meta_expressions} nor {paths.merged} "
+            "exists; check data.unlabelled_split and data.unlabelled_root"
+        )
+
+
 def _videos_mapping(payload: Any, path: Path) -> dict:
     videos = payload.get("videos") if isinstance(payload, dict) else None
     if not isinstance(videos, dict):

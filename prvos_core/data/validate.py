@@ -6,7 +6,12 @@ Rules (one quarantine row per rejected item, the rest goes on):
 - masks that do not read, have colours outside the palette, or differ in size from their frame;
 - expressions with unsafe object ids, non-string, empty, over-long or non-UTF-8 text, an object that is not in
   meta.json, an object that appears in no usable mask of its video, or a duplicate (same object, same text);
-- videos with an unsafe id (`data.source`) or no usable frame.
+- videos with an unsafe id (`data.source`) or no usable frame;
+- unlabelled videos (`data.unlabelled_split`) with no usable expression, or whose id is already a labelled
+  video of the split they join.
+
+Unlabelled videos join the train split with their files left in their own split folder (`Video.folder`); their
+masks are never read, so their expressions have no ground truth and no "appears in no usable mask" rule.
 
 Ground-truth frames of an expression are the annotated frames that show its object: a mask without the
 object's id is not taken as "object absent", because sparse datasets label one new object per mask.
@@ -33,15 +38,30 @@ class VideoFiles:
     split_source: SplitSource
     video: RawVideo
     frames_on_disk: tuple[str, ...]
-    masks_on_disk: tuple[str, ...]
+    masks_on_disk: tuple[str, ...]  # () for an unlabelled video: its masks, if any, are not read
+    # Set for an unlabelled video: the split it joins in the manifest (the train split), while its files stay
+    # in the folder of its own split (`split_source.split`).
+    joins_split: str | None = None
+
+    @property
+    def labelled(self) -> bool:
+        return self.joins_split is None
+
+    @property
+    def split(self) -> str:
+        """The video's split in the manifest."""
+        return self.joins_split or self.split_source.split
+
+    @property
+    def paths(self) -> SplitPaths:
+        """Where its files are: the folder of the split it was read from."""
+        return SplitPaths(Path(self.split_source.dataset_root), self.split_source.split)
 
     def frame_uri(self, frame_id: str) -> str:
-        paths = SplitPaths(Path(self.split_source.dataset_root), self.split_source.split)
-        return str(paths.frame_path(self.video.video_id, frame_id))
+        return str(self.paths.frame_path(self.video.video_id, frame_id))
 
     def mask_uri(self, frame_id: str) -> str:
-        paths = SplitPaths(Path(self.split_source.dataset_root), self.split_source.split)
-        return str(paths.mask_path(self.video.video_id, frame_id))
+        return str(self.paths.mask_path(self.video.video_id, frame_id))
 
     @property
     def candidate_frames(self) -> list[str]:
@@ -51,9 +71,12 @@ class VideoFiles:
 
 
 def plan_checks(videos: list[VideoFiles]) -> list[FileCheck]:
-    """Every file that needs a look: the candidate frames and every mask PNG on disk."""
+    """Every file that needs a look: the candidate frames and every mask PNG on disk (of admitted videos)."""
     checks = []
+    taken = _labelled_ids(videos)
     for files in videos:
+        if _unlabelled_problem(files, taken):
+            continue
         checks.extend(FileCheck("frame", files.frame_uri(f)) for f in files.candidate_frames)
         checks.extend(FileCheck("mask", files.mask_uri(f)) for f in files.masks_on_disk if id_problem(f) is None)
     return checks
@@ -64,18 +87,46 @@ def assemble(videos: list[VideoFiles], reports: dict[str, FileReport], max_text_
     out_videos: list[Video] = []
     out_expressions: list[Expression] = []
     quarantine: list[QuarantineRow] = []
+    taken = _labelled_ids(videos)
     for files in videos:
+        if problem := _unlabelled_problem(files, taken):
+            quarantine.append(QuarantineRow(files.split_source.source_file, files.video.video_id, problem))
+            continue
         quarantine.extend(_quarantine_listing(files))
         video = _usable_video(files, reports, quarantine)
         if video is None:
             continue
         mask_ids = _usable_masks(files, video, reports, quarantine)
         video = replace(video, annotated_frames=tuple(sorted(mask_ids)))
+        expressions = _usable_expressions(files, video, mask_ids, max_text_chars, quarantine)
+        if not video.labelled and not expressions:
+            reason = "unlabelled video has no usable expression (see its expressions' rows); nothing refers to it"
+            quarantine.append(QuarantineRow(files.split_source.source_file, video.video_id, reason))
+            continue
         out_videos.append(video)
-        out_expressions.extend(_usable_expressions(files, video, mask_ids, max_text_chars, quarantine))
+        out_expressions.extend(expressions)
     sources = {files.split_source.source_file: files.split_source for files in videos}
     split_rows = [row for source in sources.values() for row in source.quarantine]
     return Manifest(tuple(out_videos), tuple(out_expressions), tuple(split_rows + quarantine))
+
+
+def _labelled_ids(videos: list[VideoFiles]) -> set[tuple[str, str]]:
+    """(split, video id) of the labelled videos listed: an unlabelled video may not take one of these ids."""
+    return {(files.split, files.video.video_id) for files in videos if files.labelled}
+
+
+def _unlabelled_problem(files: VideoFiles, taken: set[tuple[str, str]]) -> str | None:
+    """Why an unlabelled video cannot join its split before any file is looked at; None if it can (or is labelled)."""
+    if files.labelled:
+        return None
+    if (files.split, files.video.video_id) in taken:
+        return (
+            f"video id is already a labelled video of split {files.split!r}; an unlabelled video must have an id "
+            "of its own (rename it or drop it from one of the splits)"
+        )
+    if not files.video.expressions:
+        return "unlabelled video has no expression; the teacher labels expressions, so nothing refers to it"
+    return None
 
 
 def _quarantine_listing(files: VideoFiles) -> list[QuarantineRow]:
@@ -102,7 +153,7 @@ def _quarantine_listing(files: VideoFiles) -> list[QuarantineRow]:
 
 
 def _usable_video(files: VideoFiles, reports: dict[str, FileReport], quarantine: list) -> Video | None:
-    vid, split = files.video.video_id, files.split_source.split
+    vid = files.video.video_id
     decoded = []
     for frame in files.candidate_frames:
         report = reports[files.frame_uri(frame)]
@@ -123,7 +174,9 @@ def _usable_video(files: VideoFiles, reports: dict[str, FileReport], quarantine:
             quarantine.append(QuarantineRow(report.uri, f"{vid}/{frame}.jpg", reason))
         else:
             frames.append(frame)
-    return Video(vid, split, files.split_source.dataset_root, tuple(sorted(frames)), (), height, width)
+    folder = "" if files.labelled else files.split_source.split
+    root = files.split_source.dataset_root
+    return Video(vid, files.split, root, tuple(sorted(frames)), (), height, width, files.labelled, folder)
 
 
 def _usable_masks(files: VideoFiles, video: Video, reports: dict[str, FileReport], quarantine: list) -> dict:

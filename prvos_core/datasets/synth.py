@@ -6,6 +6,9 @@
 <out>/train/full_annotations/synth0000/00000.png ...     every frame: to score pseudo-labels, never to train on
 <out>/train/meta.json                                    objects -> {category = shape, frames annotated and visible}
 <out>/valid/JPEGImages|Annotations/synthv0000/...        masks on every frame
+<out>/unlabelled/JPEGImages/synthu0000/...               only with unlabelled_videos > 0: train videos without
+<out>/unlabelled/full_annotations/synthu0000/...         masks (no Annotations/, no meta.json); their every-frame
+                                                         masks only score pseudo-labels (data.unlabelled_split)
 <out>/meta_expressions/<split>/meta_expressions.json     2-3 expressions per object, each unique in its video
 <out>/synth.json                                         the arguments and counts, written last
 ```
@@ -32,11 +35,14 @@ from prvos_core.errors import ConfigError
 
 FORMAT_VERSION = 1  # bump when the same arguments would draw different content
 _JPEG_QUALITY = 90
-_SPLITS = ("train", "valid")
-_VIDEO_PREFIX = {"train": "synth", "valid": "synthv"}
+# The position of a split in _SPLITS seeds its videos, so each split draws scenes of its own.
+_SPLITS = ("train", "valid", "unlabelled")
+_VIDEO_PREFIX = {"train": "synth", "valid": "synthv", "unlabelled": "synthu"}
 _MIN_SIDE = 16
 _MAX_FRAMES = 100_000  # frame ids have 5 digits
-_COUNT_KEYS = ("train_videos", "valid_videos", "frames", "expressions", "masks", "full_masks")
+_COUNT_KEYS = ("train_videos", "valid_videos", "unlabelled_videos", "frames", "expressions", "masks", "full_masks")
+# Arguments added after the first datasets were written, with the value that those datasets were made with.
+_LATER_ARGUMENTS = {"dynamics": "linear", "unlabelled_videos": 0}
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,7 @@ class SynthArguments:
     label_every: int
     seed: int
     dynamics: str = "linear"  # prvos_core.datasets.synth_scene.DYNAMICS
+    unlabelled_videos: int = 0  # videos of the split `unlabelled`
 
 
 @dataclass(frozen=True)
@@ -59,10 +66,11 @@ class SynthSummary:
     root: Path
     train_videos: int
     valid_videos: int
-    frames: int  # JPEGs over both splits
-    expressions: int  # over both splits
-    masks: int  # Annotations PNGs over both splits
-    full_masks: int  # train/full_annotations PNGs
+    unlabelled_videos: int
+    frames: int  # JPEGs over every split
+    expressions: int  # over every split
+    masks: int  # Annotations PNGs (train and valid)
+    full_masks: int  # full_annotations PNGs (train and unlabelled)
     reused: bool  # True: `root` already held this dataset and nothing was written
 
 
@@ -89,6 +97,7 @@ def generate_synthetic(
     label_every: int = 5,
     seed: int = 0,
     dynamics: str = "linear",
+    unlabelled_videos: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> SynthSummary:
     """Write the synthetic dataset to `out` (a new or empty folder) and return its summary.
@@ -96,9 +105,10 @@ def generate_synthetic(
     `valid_videos` defaults to max(1, videos // 4). If `out` already holds a dataset made with the same
     arguments it is kept as is (`reused=True`); any other non-empty `out` raises ConfigError.
     `progress(done_videos, total_videos)` is called after each video. `dynamics` is how objects change over a video
-    (prvos_core.datasets.synth_scene: "linear" or "varied").
+    (prvos_core.datasets.synth_scene: "linear" or "varied"). `unlabelled_videos` more videos go to the split
+    `unlabelled`, with expressions and no masks but the hidden ones in full_annotations/.
     """
-    arguments = _validated(videos, valid_videos, frames, size, label_every, seed, dynamics)
+    arguments = _validated(videos, valid_videos, frames, size, label_every, seed, dynamics, unlabelled_videos)
     out = Path(out)
     existing = _existing(out, arguments)
     if existing is not None:
@@ -124,6 +134,7 @@ def _validated(
     label_every: int,
     seed: int,
     dynamics: str,
+    unlabelled_videos: int = 0,
 ) -> SynthArguments:
     """Check every argument; all problems in one ConfigError line."""
     problems = []
@@ -153,6 +164,10 @@ def _validated(
         problems.append(
             f"dynamics must be one of {', '.join(DYNAMICS)} (got {dynamics!r}); pass e.g. --dynamics varied"
         )
+    if not is_int(unlabelled_videos) or unlabelled_videos < 0:
+        problems.append(
+            f"unlabelled_videos must be an integer >= 0 (got {unlabelled_videos!r}); pass e.g. --unlabelled-videos 4"
+        )
     if problems:
         raise ConfigError("synthetic dataset: " + "; ".join(problems))
     return SynthArguments(
@@ -163,6 +178,7 @@ def _validated(
         label_every=int(label_every),
         seed=int(seed),
         dynamics=dynamics,
+        unlabelled_videos=int(unlabelled_videos),
     )
 
 
@@ -180,14 +196,13 @@ def _existing(out: Path, arguments: SynthArguments) -> SynthSummary | None:
     record = read_json(record_path)
     expected = {"format": FORMAT_VERSION, "arguments": asdict(arguments)}
     # JSON turns the size tuple into a list; compare through the same encoding.
-    # Datasets written before `dynamics` existed are "linear" ones.
-    found = {"format": record.get("format"), "arguments": {"dynamics": "linear", **(record.get("arguments") or {})}}
+    found = {"format": record.get("format"), "arguments": {**_LATER_ARGUMENTS, **(record.get("arguments") or {})}}
     if _as_json(found) != _as_json(expected):
         raise ConfigError(
             f"{out} holds a synthetic dataset made with other arguments ({record.get('arguments')}); "
             "pass the same arguments, another --out, or delete the folder"
         )
-    return SynthSummary(root=out, reused=True, **{key: record[key] for key in _COUNT_KEYS})
+    return _summary(out, record, reused=True)
 
 
 def _as_json(value: object) -> object:
@@ -209,21 +224,29 @@ def _commit(staging: Path, out: Path, arguments: SynthArguments) -> SynthSummary
         if existing is None:
             raise
         return existing
-    record = read_json(out / "synth.json")
-    return SynthSummary(root=out, reused=False, **{key: record[key] for key in _COUNT_KEYS})
+    return _summary(out, read_json(out / "synth.json"), reused=False)
+
+
+def _summary(out: Path, record: dict, reused: bool) -> SynthSummary:
+    # Records written before the split `unlabelled` existed have no count for it.
+    return SynthSummary(root=out, reused=reused, **{key: record.get(key, 0) for key in _COUNT_KEYS})
 
 
 def _write_dataset(
     root: Path, arguments: SynthArguments, progress: Callable[[int, int], None] | None
 ) -> dict[str, int]:
-    """Write both splits under `root`; returns the counts of SynthSummary."""
+    """Write every split under `root`; returns the counts of SynthSummary."""
     counts = dict.fromkeys(_COUNT_KEYS, 0)
+    per_split = {"train": arguments.videos, "valid": arguments.valid_videos, "unlabelled": arguments.unlabelled_videos}
     counts["train_videos"], counts["valid_videos"] = arguments.videos, arguments.valid_videos
-    total = arguments.videos + arguments.valid_videos
-    done = 0
-    for split, count in zip(_SPLITS, (arguments.videos, arguments.valid_videos), strict=True):
+    counts["unlabelled_videos"] = arguments.unlabelled_videos
+    total, done = sum(per_split.values()), 0
+    for split, count in per_split.items():
+        if count == 0:
+            continue
         paths = SplitPaths(root, split)
-        label_every = arguments.label_every if split == "train" else 1
+        # Train masks on every K-th frame, valid on every frame, unlabelled on none (only in full_annotations).
+        label_every = {"train": arguments.label_every, "valid": 1}.get(split)
         meta_videos: dict[str, dict] = {}
         expression_videos: dict[str, dict] = {}
         for index in range(count):
@@ -231,7 +254,7 @@ def _write_dataset(
             scene = plan_video(rng, arguments.frames, arguments.size, arguments.dynamics)
             descriptions = describe_objects(scene.objects, rng)
             vid = video_id(split, index)
-            visible_frames = _write_video(paths, vid, scene, label_every, dense=split == "train")
+            visible_frames = _write_video(paths, vid, scene, label_every, dense=split != "valid")
             meta_videos[vid] = {
                 "objects": {
                     str(obj.object_id): {"category": obj.shape, "frames": visible_frames[obj.object_id]}
@@ -245,23 +268,29 @@ def _write_dataset(
                 },
                 "frames": [frame_id(t) for t in range(arguments.frames)],
             }
-            labelled = len(range(0, arguments.frames, label_every))
             counts["frames"] += arguments.frames
-            counts["masks"] += labelled
-            counts["full_masks"] += arguments.frames if split == "train" else 0
+            counts["masks"] += len(range(0, arguments.frames, label_every)) if label_every else 0
+            counts["full_masks"] += arguments.frames if split != "valid" else 0
             counts["expressions"] += len(texts)
             done += 1
             if progress is not None:
                 progress(done, total)
-        write_json(paths.meta, {"videos": meta_videos})
+        # meta.json lists annotated frames; an unlabelled split has none, like a real one without masks.
+        if label_every:
+            write_json(paths.meta, {"videos": meta_videos})
         write_json(paths.meta_expressions, {"videos": expression_videos})
     return counts
 
 
-def _write_video(paths: SplitPaths, vid: str, scene: VideoScene, label_every: int, dense: bool) -> dict[int, list[str]]:
-    """Write one video's frames and masks; returns, per object id, the annotated frames where it is visible."""
+def _write_video(
+    paths: SplitPaths, vid: str, scene: VideoScene, label_every: int | None, dense: bool
+) -> dict[int, list[str]]:
+    """Write one video's frames and masks (Annotations/ on every `label_every`-th frame, none when it is None;
+    full_annotations/ on every frame when `dense`); returns, per object id, the annotated frames where it is
+    visible."""
     (paths.images / vid).mkdir(parents=True)
-    (paths.annotations / vid).mkdir(parents=True)
+    if label_every:
+        (paths.annotations / vid).mkdir(parents=True)
     if dense:
         (paths.full_annotations / vid).mkdir(parents=True)
     visible_frames: dict[int, list[str]] = {obj.object_id: [] for obj in scene.objects}
@@ -273,7 +302,7 @@ def _write_video(paths: SplitPaths, vid: str, scene: VideoScene, label_every: in
         paths.frame_path(vid, fid).write_bytes(encoded.tobytes())
         if dense:
             write_palette_mask(paths.full_annotations / vid / f"{fid}.png", frame.labels)
-        if t % label_every:
+        if not label_every or t % label_every:
             continue
         write_palette_mask(paths.mask_path(vid, fid), frame.labels)
         for object_id in np.unique(frame.labels):

@@ -52,6 +52,30 @@ def test_user_errors_are_one_line(tmp_path):
     assert_one_line_error(result, "meta_expressions.json", "malformed JSON")
 
 
+def test_label_regime_and_unlabelled_split_errors_are_one_line(shared_data, tmp_path):
+    demo = str(REPO / "configs/demo.yaml")
+    result = prvos("run", demo, "--set", "data.train_labels=every:x", cwd=tmp_path)
+    assert_one_line_error(result, "data.train_labels", "every:x", "does not parse")
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists(), "nothing written"
+    config = _config(tmp_path, shared_data / "ref_davis16_mini")
+    result = prvos("run", str(config), "--stages", "ingest", "--set", "data.unlabelled_split=nope", cwd=tmp_path)
+    looked_for = shared_data / "ref_davis16_mini" / "meta_expressions/nope/meta_expressions.json"
+    assert_one_line_error(result, "data.unlabelled_split 'nope'", str(looked_for), "new_nope.json")
+
+
+def test_data_synth_writes_unlabelled_videos(tmp_path):
+    out = tmp_path / "s"
+    result = prvos(
+        "data", "synth", "--out", str(out), "--videos", "1", "--valid-videos", "1", "--frames", "3",
+        "--size", "16", "16", "--unlabelled-videos", "2", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (out / "unlabelled/JPEGImages").iterdir()) == ["synthu0000", "synthu0001"]
+    assert (out / "meta_expressions/unlabelled/meta_expressions.json").is_file()
+    assert not (out / "unlabelled/Annotations").exists()
+    assert len(list(out.glob("unlabelled/full_annotations/*/*.png"))) == 6
+
+
 def test_ingest_from_the_cli_then_rerun_skips(shared_data, tmp_path):
     config = _config(tmp_path, shared_data / "ref_davis16_mini")
     first = prvos("run", str(config), "--stages", "ingest", "--run-id", "r1", cwd=tmp_path)

@@ -141,3 +141,22 @@ def test_loading_a_config_imports_no_torch():
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_a_saved_config_reads_back_with_the_new_data_options():
+    config = config_from_dict({"data": {"root": "d", "train_labels": "every:3", "unlabelled_split": "unlabelled"}})
+    again = config_from_dict(config.to_dict())
+    assert again == config and again.data.label_regime == ("every", 3) and again.data.unlabelled_root is None
+
+
+@pytest.mark.parametrize("regime", ["every:x", "every:0", "last", "every"])
+def test_a_label_regime_that_does_not_parse_is_one_line_naming_the_forms(regime):
+    with pytest.raises(ConfigError, match="provided, first or every:K") as error:
+        config_from_dict({"data": {"root": "d", "train_labels": regime}})
+    assert "\n" not in str(error.value)
+
+
+def test_the_unlabelled_split_must_not_be_a_split_of_the_same_root_in_use():
+    with pytest.raises(ConfigError, match="unlabelled_split"):
+        config_from_dict({"data": {"root": "d", "unlabelled_split": "valid"}})
+    config_from_dict({"data": {"root": "d", "unlabelled_split": "valid", "unlabelled_root": "other"}})

@@ -239,3 +239,133 @@ def test_converted_ref_davis_keeps_annotator_and_kind(shared_data, tmp_path, ray
     rows = {row.item: row.reason for row in manifest.quarantine}
     calf = [reason for item, reason in rows.items() if item.startswith("cows/expression")]
     assert calf == ["object 3 is not in meta.json for this video"], rows  # the calf that no mask shows
+
+
+def _unlabelled_video(root: Path, split: str, vid: str, n: int = 3, masks: bool = False) -> list[str]:
+    frames = [f"{i:05d}" for i in range(n)]
+    for i, frame in enumerate(frames):
+        _frame(root / split / "JPEGImages" / vid / f"{frame}.jpg", 100 + i)
+        if masks:
+            _mask(root / split / "Annotations" / vid / f"{frame}.png", {1: (5, 5)})
+    return frames
+
+
+def build_unlabelled_split(root: Path, split: str = "unlabelled") -> dict:
+    """A split of unlabelled videos (frames and expressions; no meta.json) with one bad video of each kind."""
+    videos = {}
+    # Masks on disk are ignored, and so is the object no mask shows (there is none to show it).
+    frames = _unlabelled_video(root, split, "u_good", masks=True)
+    videos["u_good"] = {
+        "frames": frames,
+        "expressions": {"0": {"exp": "the cat", "obj_id": "1"}, "1": {"exp": "a ghost", "obj_id": "7"}},
+    }
+    frames = _unlabelled_video(root, split, "u_corrupt", n=4)
+    (root / split / "JPEGImages/u_corrupt/00002.jpg").write_bytes(b"\xff\xd8" + b"garbage" * 50 + b"\xff\xd9")
+    videos["u_corrupt"] = {"frames": frames, "expressions": {"0": {"exp": "the dog", "obj_id": "1"}}}
+    videos["u_silent"] = {"frames": _unlabelled_video(root, split, "u_silent"), "expressions": {}}
+    frames = _unlabelled_video(root, split, "u_blank")
+    videos["u_blank"] = {"frames": frames, "expressions": {"0": {"exp": "   ", "obj_id": "1"}}}
+    # The id of a labelled train video.
+    videos["good"] = {
+        "frames": _unlabelled_video(root, split, "good"),
+        "expressions": {"0": {"exp": "x", "obj_id": "1"}},
+    }
+    meta_expressions = root / "meta_expressions" / split / "meta_expressions.json"
+    meta_expressions.parent.mkdir(parents=True, exist_ok=True)
+    meta_expressions.write_text(json.dumps({"videos": videos}))
+    return {
+        "kept": {"u_good": ("00000", "00001", "00002"), "u_corrupt": ("00000", "00001", "00003")},
+        "reasons": {
+            "u_corrupt/00002.jpg": "corrupt JPEG",
+            "u_silent": "unlabelled video has no expression",
+            "u_blank/expression 0": "expression text is empty",
+            "u_blank": "unlabelled video has no usable expression",
+            "good": "video id is already a labelled video of split 'train'",
+        },
+    }
+
+
+def _labelled_train(root: Path) -> None:
+    frames = _good_video(root, "good")
+    (root / "train/meta.json").write_text(
+        json.dumps({"videos": {"good": {"objects": {"1": {"category": "cat", "frames": frames}, "5": {}}}}})
+    )
+    meta_expressions = root / "meta_expressions/train/meta_expressions.json"
+    meta_expressions.parent.mkdir(parents=True)
+    texts = {"0": {"exp": "the cat on the left", "obj_id": "1"}, "1": {"exp": "the hidden one", "obj_id": "5"}}
+    meta_expressions.write_text(json.dumps({"videos": {"good": {"frames": frames, "expressions": texts}}}))
+
+
+def test_unlabelled_split_joins_train_without_masks(tmp_path, ray_local):
+    root = tmp_path / "data"
+    _labelled_train(root)
+    expected = build_unlabelled_split(root)
+    out = tmp_path / "stage"
+    out.mkdir()
+    inputs = ingest.IngestInputs(str(root), ("train",), str(out), unlabelled_split="unlabelled")
+    result = ingest.run(inputs, IngestSection(chunk_frames=4))
+    manifest = read_manifest(str(out))
+    kept = {video.video_id: video for video in manifest.videos if not video.labelled}
+    assert {vid: video.frame_ids for vid, video in kept.items()} == expected["kept"]
+    for video in kept.values():
+        assert (video.split, video.folder, video.dataset_root, video.annotated_frames) == (
+            "train", "unlabelled", str(root), ()
+        )  # fmt: skip
+        assert video.paths.frame_path(video.video_id, "00000").is_file()
+    assert manifest.video("good", "train").labelled and manifest.video("good", "train").folder == ""
+    unlabelled = [e for e in manifest.split_expressions("train") if e.video_id in kept]
+    assert sorted((e.video_id, e.text) for e in unlabelled) == [
+        ("u_corrupt", "the dog"), ("u_good", "a ghost"), ("u_good", "the cat")
+    ]  # fmt: skip
+    assert all(e.gt_frames == () and e.hidden_frames == () for e in unlabelled)
+    rows = {row.item: row for row in manifest.quarantine}
+    for item, reason in expected["reasons"].items():
+        assert reason in rows[item].reason, (item, rows[item])
+    assert rows["u_corrupt/00002.jpg"].source == str(root / "unlabelled/JPEGImages/u_corrupt/00002.jpg")
+    # The labelled rule stays: an expression naming an object that no mask of its video shows.
+    assert "object 5 appears in no usable mask of this video" in rows["good/expression 1"].reason
+    assert len(rows) == len(expected["reasons"]) + 1, rows
+    assert (result.unlabelled_videos, result.videos, result.hidden_frames) == (2, 3, 0)
+
+
+def test_unlabelled_split_of_another_root_and_a_missing_one(tmp_path, ray_local):
+    from prvos_core.errors import DataError
+
+    root, other = tmp_path / "data", tmp_path / "other"
+    _labelled_train(root)
+    build_unlabelled_split(other, split="extra")
+    out = tmp_path / "stage"
+    out.mkdir()
+    inputs = ingest.IngestInputs(str(root), ("train",), str(out), unlabelled_split="extra", unlabelled_root=str(other))
+    ingest.run(inputs, IngestSection())
+    videos = {v.video_id: v for v in read_manifest(str(out)).videos if not v.labelled}
+    assert set(videos) == {"u_good", "u_corrupt"}
+    assert {(v.dataset_root, v.folder) for v in videos.values()} == {(str(other), "extra")}
+    missing = ingest.IngestInputs(str(root), ("train",), str(out), unlabelled_split="nope")
+    with pytest.raises(DataError) as error:
+        ingest.run(missing, IngestSection())
+    message = str(error.value)
+    assert "data.unlabelled_split 'nope'" in message and "\n" not in message
+    assert str(root / "meta_expressions/nope/meta_expressions.json") in message
+    assert str(root / "new_nope.json") in message
+
+
+def test_label_regime_applies_to_the_train_split_only(tmp_path, ray_local):
+    from prvos_core.datasets.synth import generate_synthetic
+
+    generate_synthetic(tmp_path / "data", videos=2, valid_videos=1, frames=6, size=(32, 32), label_every=1, seed=2)
+    outs = {}
+    for regime in ("provided", "first"):
+        outs[regime] = tmp_path / regime
+        outs[regime].mkdir()
+        inputs = ingest.IngestInputs(str(tmp_path / "data"), ("train", "valid"), str(outs[regime]), train_labels=regime)
+        result = ingest.run(inputs, IngestSection())
+    provided, first = (read_manifest(str(outs[r])) for r in ("provided", "first"))
+    before = {e.expression_id: e for e in provided.expressions}
+    for expression in first.split_expressions("train"):
+        full = before[expression.expression_id].gt_frames
+        assert len(expression.gt_frames) == 1 and expression.gt_frames == full[:1]
+        assert expression.hidden_frames == full[1:]
+    assert first.split_expressions("valid") == provided.split_expressions("valid")
+    assert first.videos == provided.videos
+    assert result.hidden_frames == sum(len(e.hidden_frames) for e in first.expressions) > 0

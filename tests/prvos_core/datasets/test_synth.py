@@ -304,3 +304,51 @@ def test_varied_dataset_differs_from_linear_and_old_records_count_as_linear(tmp_
     del record["arguments"]["dynamics"]
     write_json(old / "synth.json", record)
     assert generate_synthetic(old, **ARGS).reused
+
+
+def test_unlabelled_split_has_frames_expressions_and_only_hidden_masks(dataset: Path, tmp_path: Path) -> None:
+    """unlabelled_videos=2: a split `unlabelled` of new scenes (own seeds) with expressions, no Annotations/ and
+    no meta.json, every frame's mask in full_annotations/; the train and valid splits stay byte for byte."""
+    root = tmp_path / "with_unlabelled"
+    summary = generate_synthetic(root, **ARGS, unlabelled_videos=2)
+    assert (summary.unlabelled_videos, summary.frames, summary.full_masks) == (2, 70, 50)
+    unlabelled = SplitPaths(root, "unlabelled")
+    videos = ["synthu0000", "synthu0001"]
+    assert sorted(p.name for p in unlabelled.split_dir.iterdir()) == ["JPEGImages", "full_annotations"]
+    assert sorted(p.name for p in unlabelled.images.iterdir()) == videos
+    expressions = read_json(unlabelled.meta_expressions)["videos"]
+    assert sorted(expressions) == videos
+    for index, vid in enumerate(videos):
+        assert sorted(p.stem for p in (unlabelled.images / vid).glob("*.jpg")) == FRAME_IDS
+        assert expressions[vid]["frames"] == FRAME_IDS
+        scene = plan_video(video_rng(ARGS["seed"], "unlabelled", index), ARGS["frames"], ARGS["size"])
+        assert {e["obj_id"] for e in expressions[vid]["expressions"].values()} == {
+            str(o.object_id) for o in scene.objects
+        }
+        for t in range(ARGS["frames"]):
+            labels = read_mask(unlabelled.full_annotations / vid / f"{t:05d}.png")
+            np.testing.assert_array_equal(labels, render_frame(scene, t).labels)
+    # The same generator, other seeds: no unlabelled frame repeats a train frame.
+    hashes = tree_hashes(root)
+    train_jpegs = {value for name, value in hashes.items() if name.startswith("train/JPEGImages")}
+    assert not {value for name, value in hashes.items() if name.startswith("unlabelled/JPEGImages")} & train_jpegs
+    without = {name: value for name, value in tree_hashes(dataset).items() if name != "synth.json"}
+    assert {name: hashes[name] for name in without} == without
+    labelled_texts = generate_synthetic(dataset, **ARGS).expressions
+    assert sum(len(v["expressions"]) for v in expressions.values()) == summary.expressions - labelled_texts
+    assert generate_synthetic(root, **ARGS, unlabelled_videos=2).reused
+    with pytest.raises(ConfigError, match="other arguments"):
+        generate_synthetic(root, **ARGS)
+    with pytest.raises(ConfigError, match=r"unlabelled_videos must be an integer >= 0"):
+        generate_synthetic(tmp_path / "bad", **ARGS, unlabelled_videos=-1)
+
+
+def test_records_without_unlabelled_videos_are_reused_as_zero(tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    generate_synthetic(old, **ARGS)
+    record = read_json(old / "synth.json")
+    del record["arguments"]["unlabelled_videos"], record["unlabelled_videos"]
+    write_json(old / "synth.json", record)
+    again = generate_synthetic(old, **ARGS)
+    assert again.reused and again.unlabelled_videos == 0
+    assert not (old / "unlabelled").exists() and not (old / "meta_expressions/unlabelled").exists()
