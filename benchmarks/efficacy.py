@@ -87,20 +87,25 @@ LABELS = {
 }
 # The table's settings: demo.yaml with 24 valid videos, the same optimizer steps for every variant of a regime,
 # and only the final student scored (the targets read round 2).
-SYNTH = ("data.synth.valid_videos=24", "train.epochs=8", "train.clips_per_epoch=32", "evaluate.rounds=last")
+SYNTH = ("data.synth.valid_videos=24", "train.epochs=8", "train.clips_per_epoch=64", "evaluate.rounds=last")
 QUICK = ("data.synth.valid_videos=4", "data.synth.frames=10", "train.epochs=2", "train.clips_per_epoch=16",
          "evaluate.rounds=last", "rounds=1")  # fmt: skip
 QUICK_VARIANTS = ("gt_only", "full")
-REAL = ("data.synth=null", "model.input_size=[64,112]", "train.epochs=8", "train.clips_per_epoch=32",
+REAL = ("data.synth=null", "model.input_size=[64,112]", "train.epochs=8", "train.clips_per_epoch=64",
         "evaluate.rounds=last")  # fmt: skip
 PSEUDO_KEYS = ("pseudo_precision_full", "pseudo_recall_full", "pseudo_coverage_full", "teacher_precision_full")
 
 
-def run_variant(regime: str, seed: int, variant: str, overrides: list[str], work: Path) -> dict:
-    """Run one variant in its (regime, seed) run folder, or read its numbers if an earlier run finished it."""
+def run_variant(
+    regime: str, seed: int, variant: str, overrides: list[str], work: Path, run: bool = True
+) -> dict | None:
+    """Run one variant in its (regime, seed) run folder, or read its numbers if an earlier run finished it
+    (None when it has not and `run` is false)."""
     done = work / "results" / f"{regime}-{seed}-{variant}.json"
     if done.exists():
         return json.loads(done.read_text())
+    if not run:
+        return None
     from pipelines.pipeline import run_pipeline
     from pipelines.run_store import RunStore, stage_plan
     from prvos_core.config import load_config
@@ -210,8 +215,11 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True, help="work folder (runs, data, per-variant results)")
     parser.add_argument("--out", default=None, help="results file name under benchmarks/results/")
     parser.add_argument("--cpus", type=int, default=2)
+    parser.add_argument("--report", action="store_true", help="only write the table of the variants already done")
     args = parser.parse_args()
     seeds = args.seeds[:1] if args.quick else args.seeds
+    if args.report:
+        args.cpus = 1  # nothing runs; Ray starts only because the loop is shared
 
     import ray
 
@@ -236,8 +244,9 @@ def main() -> None:
                 base += [f"run.seed={seed}", *spec.overrides, *args.overrides]
                 for variant in args.variants or (QUICK_VARIANTS if args.quick else spec.variants):
                     extra = REAL_FULL_GT if args.real and variant == "full_gt" else VARIANTS[variant]
-                    outcome = run_variant(regime, seed, variant, [*base, *extra], args.work)
-                    results[regime].setdefault(seed, {})[variant] = outcome
+                    outcome = run_variant(regime, seed, variant, [*base, *extra], args.work, not args.report)
+                    if outcome is not None:
+                        results[regime].setdefault(seed, {})[variant] = outcome
     finally:
         ray.shutdown()
     wall = time.perf_counter() - started
