@@ -27,9 +27,10 @@ from pipelines.report import plot_rounds, round_rows
 from pipelines.run_store import INFER, INGEST, REFINE, RunStore, open_run, stage_name
 from prvos_core import storage
 from prvos_core.config import PrvosConfig, config_from_dict
-from prvos_core.data.frames import decode_frame, read_object_mask
-from prvos_core.data.layout import SplitPaths, write_json
+from prvos_core.data.frames import decode_frame
+from prvos_core.data.layout import write_json
 from prvos_core.data.manifest import Expression, Manifest, Video, read_manifest
+from prvos_core.data.object_masks import frame_mask
 from prvos_core.errors import UserError
 from prvos_core.pseudo.store import (
     FrameDecision,
@@ -185,23 +186,13 @@ def _strip(item: _Chosen, pseudo_store, refined_store, decisions: list[FrameDeci
     for column, t in enumerate(shown):
         frame = pseudo.frame_ids[t]
         frames.append(decode_frame(str(paths.frame_path(video.video_id, frame))))
-        mask = _ground_truth(paths, expression, frame)
+        mask = frame_mask(expression, video, frame)
         if mask is not None:
             truth[column] = mask
     return pseudo_label_strip(
         frames, truth, pseudo.prob[shown], pseudo.uncertainty[shown], refined.label[shown], refined.weight[shown],
         [decisions[t] for t in shown], [pseudo.frame_ids[t] for t in shown], panel_height=panel_height,
     )  # fmt: skip
-
-
-def _ground_truth(paths: SplitPaths, expression: Expression, frame: str) -> np.ndarray | None:
-    """The training mask of a GT frame, else the scoring-only dense mask where the dataset has one."""
-    if not expression.object_id:
-        return None
-    if frame in expression.gt_frames:
-        return read_object_mask(str(paths.mask_path(expression.video_id, frame)), expression.object_id)
-    dense = paths.full_annotations / expression.video_id / f"{frame}.png"
-    return read_object_mask(str(dense), expression.object_id) if storage.exists(str(dense)) else None
 
 
 # --- HTML ---------------------------------------------------------------------------------------------------

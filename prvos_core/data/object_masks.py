@@ -43,6 +43,20 @@ def dense_frames(expression: Expression, video: Video) -> tuple[tuple[str, ...],
     return tuple(frame for frame in video.frame_ids if frame in masked), ANNOTATIONS
 
 
+def frame_mask(expression: Expression, video: Video, frame: str) -> np.ndarray | None:
+    """The expression's object on one frame at the frame's own size, for people to look at: its GT mask, else its
+    dense mask (`dense_frames`), else None (no mask of that frame exists)."""
+    if not expression.object_id:
+        return None
+    if frame in expression.gt_frames:
+        folder = ANNOTATIONS
+    else:
+        frames, folder = dense_frames(expression, video)
+        if frame not in frames:
+            return None
+    return read_object_mask(str(mask_path(video, folder, frame)), expression.object_id)
+
+
 def ground_truth_masks(expression: Expression, video: Video, size: tuple[int, int]) -> dict[int, np.ndarray]:
     """Frame index (in `video.frame_ids`) -> (h, w) 0/1 mask of each GT frame: never a hidden one."""
     return _object_masks(expression, video, expression.gt_frames, ANNOTATIONS, size)
