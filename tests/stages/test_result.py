@@ -19,7 +19,8 @@ MARKERS = {
         {"videos": "/r/ingest/videos.parquet", "expressions": "/r/ingest/expressions.parquet",
          "quarantine": "/r/ingest/quarantine.parquet"},
         {"videos": 2.0, "expressions": 4.0, "quarantined": 1.0, "frames": 16.0, "files_checked": 24.0,
-         "frames_per_second": 80.5, "seconds": 0.4, "check_seconds": 0.2, "splits": 2.0},
+         "frames_per_second": 80.5, "seconds": 0.4, "check_seconds": 0.2, "splits": 2.0, "unlabelled_videos": 3.0,
+         "hidden_frames": 12.0},
     ),
     TextResult: (
         {"cache": "/r/text/cache.zarr", "identity": "minilm-l6-abc", "dim": "384"},
@@ -70,6 +71,11 @@ def test_fields_are_typed():
     ingest = IngestResult.from_marker(*MARKERS[IngestResult])
     assert ingest.videos == 2 and ingest.videos_table.endswith("videos.parquet")
     assert ingest.manifest_dir == "/r/ingest"
+    # A marker from before label regimes and unlabelled videos reads back with zeros for them.
+    outputs, metrics = MARKERS[IngestResult]
+    old = {key: value for key, value in metrics.items() if key not in ("unlabelled_videos", "hidden_frames")}
+    earlier = IngestResult.from_marker(outputs, old)
+    assert (earlier.unlabelled_videos, earlier.hidden_frames, earlier.videos) == (0, 0, 2)
     # The metrics no field names are the refine report and the evaluate scores.
     refine = RefineResult.from_marker(*MARKERS[RefineResult])
     assert refine.frames == "/r/r0-refine/frames.parquet" and refine.report["frames"] == 32.0
