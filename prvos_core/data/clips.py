@@ -79,8 +79,8 @@ class Clip:
 
 
 class ClipDataset(Dataset):
-    """Map-style dataset: index i -> a clip of source `i % len(sources)`; `samples_per_source` clips each, or
-    `clips` in all."""
+    """Map-style dataset: index i -> a clip of source `i % len(sources)`, `samples_per_source` clips each; or
+    `clips` in all, drawn in an order of the sources that changes every epoch."""
 
     def __init__(
         self,
@@ -95,13 +95,14 @@ class ClipDataset(Dataset):
     ) -> None:
         """`text_lookup(texts) -> (tokens (N, L, D), mask (N, L))`, e.g. a loaded TextCache's `lookup`.
 
-        clips: the epoch's length when given (index i still takes source i % len(sources)), so that variants
-        training on more or fewer expressions take the same number of steps; else sources x samples_per_source.
+        clips: the epoch's length when given, so that variants training on more or fewer expressions take the
+        same number of steps (each epoch visits the sources in its own order); else sources x samples_per_source.
         """
         self.sources = [s for s in sources if s.labelled]
         self.text_lookup, self.spec, self.seed = text_lookup, spec, seed
         self.refined_store_uri, self.samples_per_source = refined_store, samples_per_source
         self.clips = clips
+        self._order: tuple[int, np.ndarray] | None = None  # (epoch, source order) of a fixed-length epoch
         self.epoch = 0
         self._refined = None  # opened lazily, once per worker process
 
@@ -114,7 +115,7 @@ class ClipDataset(Dataset):
         return len(self.sources) * self.samples_per_source
 
     def __getitem__(self, index: int) -> Clip:
-        source = self.sources[index % len(self.sources)]
+        source = self.sources[self._source_index(index)]
         rng = np.random.default_rng((self.seed, self.epoch, index))
         frame_ids = choose_clip_frames(source, self.spec.frames, rng)
         box, brightness = self._augmentation(rng)
@@ -130,6 +131,17 @@ class ClipDataset(Dataset):
             frame_ids,
             source.expression.expression_id,
         )
+
+    def _source_index(self, index: int) -> int:
+        """Which source clip `index` shows. With a fixed epoch length (`clips`), every epoch visits the sources in
+        its own order (seeded by seed and epoch, the same on every worker): index % len(sources) alone would draw
+        the same first `clips` sources every epoch and never the rest when there are more sources than clips."""
+        count = len(self.sources)
+        if self.clips is None:
+            return index % count
+        if self._order is None or self._order[0] != self.epoch:
+            self._order = (self.epoch, np.random.default_rng((self.seed, self.epoch, count)).permutation(count))
+        return int(self._order[1][index % count])
 
     def _augmentation(self, rng: np.random.Generator) -> tuple[Box, float]:
         side = rng.uniform(self.spec.min_crop, 1.0)

@@ -202,11 +202,20 @@ def test_an_expression_without_ground_truth_trains_on_its_pseudo_labelled_frames
     assert torch.all(clip.labels[[0, 2]] == 255) and torch.all(clip.weights[[0, 2]] == 0)
 
 
-def test_a_fixed_epoch_length_cycles_through_the_sources(dataset_root):
+def test_a_fixed_epoch_length_visits_every_source_over_the_epochs(dataset_root):
     sources = [replace(_source(dataset_root), expression=replace(_source(dataset_root).expression, expression_id=name))
-               for name in "abc"]  # fmt: skip
-    dataset = ClipDataset(sources, fake_text, ClipSpec(frames=2, size=SIZE), clips=7)
-    assert len(dataset) == 7
-    assert [dataset[i].expression_id for i in range(7)] == list("abcabca")
-    assert len(ClipDataset(sources, fake_text, ClipSpec(), samples_per_source=2)) == 6
+               for name in "abcde"]  # fmt: skip
+    dataset = ClipDataset(sources, fake_text, ClipSpec(frames=2, size=SIZE), clips=3, seed=4)
+    assert len(dataset) == 3
+    seen = []
+    for epoch in range(6):
+        dataset.set_epoch(epoch)
+        drawn = [dataset[i].expression_id for i in range(3)]
+        assert len(set(drawn)) == 3  # no source twice while others wait
+        seen += drawn
+    assert set(seen) == set("abcde")  # more sources than clips: each epoch draws other ones
+    again = ClipDataset(sources, fake_text, ClipSpec(frames=2, size=SIZE), clips=3, seed=4)
+    again.set_epoch(5)
+    assert [again[i].expression_id for i in range(3)] == seen[-3:]  # the same on any worker
+    assert len(ClipDataset(sources, fake_text, ClipSpec(), samples_per_source=2)) == 10
     assert len(ClipDataset([], fake_text, ClipSpec(), clips=7)) == 0
