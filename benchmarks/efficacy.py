@@ -58,7 +58,7 @@ class Regime:
 
 
 REGIMES = {
-    "S": Regime("every 5th frame labelled", ("data.train_labels=provided",), ("gt_only", "full")),
+    "S": Regime("every 5th frame labelled", ("data.train_labels=provided",), ("gt_only", "full", "full_gt")),
     "F": Regime("first frame only", ("data.train_labels=first",), ("gt_only", "full", "raw_pseudo", "full_gt")),
     "U": Regime(
         "8 labelled + 24 unlabelled videos", ("data.unlabelled_split=unlabelled",), ("gt_only", "full", "full_gt"), 24
