@@ -192,6 +192,9 @@ class InferSection(Section):
     # naming left/right keep the plain pass.
     uncertainty: Literal["entropy", "flip"] = "entropy"
     teacher: Literal["ema", "student"] = "ema"  # the EMA of the student, or its raw last weights
+    # An actor labels a video's expressions together: each frame decoded and encoded by the backbone once, its
+    # features kept while the video is labelled (r50 at 384x640: ~30 MB per frame). false: one expression at a time.
+    share_frames: bool = True
 
 
 class RefineSection(Section):
@@ -246,6 +249,7 @@ class EvaluateSection(Section):
     memory_frames: int = Field(4, ge=0)
     first_frame_gt: bool = False  # RVOS: the referred object is found from the text alone
     rounds: Literal["all", "last"] = "all"  # "last": score only the final student (ablations that read only it)
+    share_frames: bool = True  # as infer.share_frames: a video's expressions share its decoded, encoded frames
     bound_th: float = Field(0.008, gt=0)  # DAVIS boundary tolerance
 
 

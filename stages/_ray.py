@@ -6,10 +6,11 @@ progress bar, results in submission order, user errors unwrapped. The pool does 
 
 The pool (infer: teacher -> pseudo-label store; evaluate: student -> scores or submission masks) maps the
 expression ids through a Ray Data actor pool of `cfg.actors` actors, each holding one
-`prvos_core.inference.predict.Predictor` built once; every call handles one expression and returns small rows
+`prvos_core.inference.predict.Predictor` built once; every call handles one video's expressions (`work_units`:
+the frames are decoded and encoded by the backbone once for all of them) and returns small rows
 (big arrays go to storage from inside the actor, never through the object store). Ray Data restarts a killed
-actor and retries its expression; the pool is shut down once it finishes or fails, so the next stage gets
-its CPUs.
+actor and retries its unit (expressions it had committed are written again, to the same bytes); the pool is
+shut down once it finishes or fails, so the next stage gets its CPUs.
 
 placement.json: units of work (training clips, expressions) per Ray node, beside the stage's outputs,
 
@@ -40,7 +41,7 @@ from prvos_core.errors import UserError, first_line
 from prvos_core.progress import progress_bar
 
 if TYPE_CHECKING:
-    from prvos_core.inference.predict import Weights
+    from prvos_core.inference.predict import VideoFrames, Weights
 
 PLACEMENT_FILE = "placement.json"
 
@@ -158,16 +159,22 @@ class PredictorActor:
         self.calls = 0
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        """A Ray Data batch of expression ids -> the column batch of their rows, each tagged with the node that
-        computed it and its expression's row count (`run_pool` takes the tags off)."""
+        """A Ray Data batch of units (expression ids of one video, tab-separated) -> the column batch of their
+        rows, each tagged with the node that computed it and its expression's row count (`run_pool` takes the
+        tags off). The expressions of a unit share the video's decoded and encoded frames."""
         rows = []
         try:
-            for expression_id in batch["expression_id"]:
-                faults.maybe_fail(self.fault_point, self.calls)
-                self.calls += 1
-                own = self.handle(*self.predictor.records(str(expression_id)))
-                assert own, "every expression has at least one frame"
-                rows += [{**row, _COUNT: len(own)} for row in own]
+            for unit in batch[_UNIT]:
+                frames = None
+                for expression_id in str(unit).split("\t"):
+                    faults.maybe_fail(self.fault_point, self.calls)
+                    self.calls += 1
+                    expression, video = self.predictor.records(expression_id)
+                    if frames is None or frames.video_id != video.video_id:
+                        frames = self.predictor.frames(video, self.inputs.input_size)
+                    own = self.handle(expression, video, frames)
+                    assert own, "every expression has at least one frame"
+                    rows += [{**row, _COUNT: len(own)} for row in own]
         except UserError as error:
             # Returned, not raised: Ray Data does not shut down a pool whose task failed (its actors would keep
             # their CPUs); `run_pool` raises it in the driver after closing the pool.
@@ -177,10 +184,22 @@ class PredictorActor:
         columns[_NODE] = [current_node()] * len(rows)
         return columns
 
-    def handle(self, expression: Expression, video: Video) -> list[dict]:
+    def handle(self, expression: Expression, video: Video, frames: VideoFrames) -> list[dict]:
+        """One expression's rows; `frames` is the video's, shared with the unit's other expressions."""
         raise NotImplementedError
 
 
+def work_units(expressions: Iterable[Expression], share_frames: bool) -> list[list[str]]:
+    """The pool's units of work: with `share_frames`, the expressions of each video together (its frames are
+    decoded and encoded once for all of them); else one expression per unit. Units in expression-id order."""
+    units: dict[str, list[str]] = {}
+    for expression in sorted(expressions, key=lambda e: e.expression_id):
+        key = expression.video_id if share_frames else expression.expression_id
+        units.setdefault(key, []).append(expression.expression_id)
+    return list(units.values())
+
+
+_UNIT = "expression_ids"  # the pool's item: one unit's expression ids, tab-separated
 _NODE, _COUNT = "_node", "_rows"  # tags an actor adds to each row
 _ERROR, _ERROR_TYPE = "_error", "_error_type"  # a user error an actor met, as a row
 
@@ -188,7 +207,7 @@ _ERROR, _ERROR_TYPE = "_error", "_error_type"  # a user error an actor met, as a
 def run_pool(
     actor: type[PredictorActor],
     arguments: tuple,
-    expression_ids: Iterable[str],
+    units: Sequence[Sequence[str]],
     cfg: InferSection | EvaluateSection,
     *,
     label: str,
@@ -196,21 +215,22 @@ def run_pool(
     placement: Counter | None = None,
 ) -> Iterator[list[dict]]:
     """Yield each expression's rows, expressions in id order, from `actor(*arguments)` on a Ray Data actor pool
-    of up to `cfg.actors` actors (one expression per call).
+    of up to `cfg.actors` actors (one unit of `work_units` per call).
 
     placement: counts the finished expressions per Ray node. A user error met by an actor is raised here as
     its own class and line, once the pool is shut down.
     """
     import ray.data
 
-    ids = sorted(expression_ids)
+    ids = sorted(expression_id for unit in units for expression_id in unit)
     if not ids:
         return
     _quiet_ray_data()
-    dataset = ray.data.from_items([{"expression_id": e} for e in ids]).map_batches(
+    items = [{_UNIT: "\t".join(unit)} for unit in units if unit]
+    dataset = ray.data.from_items(items).map_batches(
         actor,
         fn_constructor_args=arguments,
-        compute=ray.data.ActorPoolStrategy(size=min(cfg.actors, len(ids))),
+        compute=ray.data.ActorPoolStrategy(size=min(cfg.actors, len(items))),
         num_cpus=cfg.cpus_per_actor,
         num_gpus=cfg.gpus_per_actor,
         batch_size=1,

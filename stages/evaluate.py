@@ -31,10 +31,10 @@ from prvos_core import storage
 from prvos_core.config import EvaluateSection
 from prvos_core.data.frames import read_object_mask
 from prvos_core.data.manifest import Expression, Video
-from prvos_core.inference.predict import check_prediction_inputs, upsample_prob
+from prvos_core.inference.predict import VideoFrames, check_prediction_inputs, upsample_prob
 from prvos_core.labels import binary_mask
 from prvos_core.metrics import cumulative_iou, evaluate_expression, iou_counts, summarize
-from stages._ray import ModelInputs, PredictorActor, run_pool, write_placement
+from stages._ray import ModelInputs, PredictorActor, run_pool, work_units, write_placement
 from stages.result import StageResult, measures, output
 
 log = logging.getLogger("prvos")
@@ -84,17 +84,16 @@ def run(inputs: EvaluateInputs, cfg: EvaluateSection) -> EvaluateResult:
     manifest, expressions = check_prediction_inputs(
         inputs.manifest_dir, inputs.split, inputs.checkpoint, inputs.text_cache, inputs.text_identity
     )
-    frames_per_expression = {e.expression_id: manifest.video_of(e).n_frames for e in expressions}
     if not any(e.gt_frames for e in expressions):
-        return _submission(inputs, cfg, frames_per_expression, expressions, started)
+        return _submission(inputs, cfg, expressions, started)
 
     scored = [e for e in expressions if e.gt_frames]
     if len(scored) < len(expressions):
         log.info("evaluate: %d expressions have no annotated frame; not scored", len(expressions) - len(scored))
     placement = Counter()
     pool = run_pool(
-        StudentActor, (inputs, cfg, False), {e.expression_id: frames_per_expression[e.expression_id] for e in scored},
-        cfg, label="evaluate", round_index=inputs.round_index, placement=placement,
+        StudentActor, (inputs, cfg, False), work_units(scored, cfg.share_frames), cfg, label="evaluate",
+        round_index=inputs.round_index, placement=placement,
     )  # fmt: skip
     scores = {row["expression_id"]: row for expression_rows in pool for row in expression_rows}
     rows = [(e, scores[e.expression_id]) for e in sorted(scored, key=lambda e: e.expression_id)]
@@ -160,8 +159,7 @@ def _per_expression_table(rows: list[tuple[Expression, dict]]) -> pa.Table:
 
 
 def _submission(
-    inputs: EvaluateInputs, cfg: EvaluateSection, frames_per_expression: dict[str, int],
-    expressions: list[Expression], started: float,
+    inputs: EvaluateInputs, cfg: EvaluateSection, expressions: list[Expression], started: float,
 ) -> EvaluateResult:  # fmt: skip
     """The Ref-YouTube-VOS submission zip. Actors send back each frame's PNG (a few KB), so no staging folder
     has to be shared between nodes; the zip is built locally and published whole."""
@@ -170,8 +168,8 @@ def _submission(
         archive = os.path.join(folder, SUBMISSION_FILE)
         with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as bundle:
             pool = run_pool(
-                StudentActor, (inputs, cfg, True), frames_per_expression, cfg, label="evaluate",
-                round_index=inputs.round_index,
+                StudentActor, (inputs, cfg, True), work_units(expressions, cfg.share_frames), cfg,
+                label="evaluate", round_index=inputs.round_index,
             )  # fmt: skip
             written = 0
             for row in (row for expression_rows in pool for row in expression_rows):
@@ -194,23 +192,23 @@ class StudentActor(PredictorActor):
         super().__init__(inputs, cfg, "student")
         self.submission = submission
 
-    def handle(self, expression: Expression, video: Video) -> list[dict]:
-        return self.encode(expression, video) if self.submission else self.score(expression, video)
+    def handle(self, expression: Expression, video: Video, frames: VideoFrames) -> list[dict]:
+        return self.encode(expression, video, frames) if self.submission else self.score(expression, video, frames)
 
-    def masks(self, expression: Expression, video: Video):
+    def masks(self, expression: Expression, video: Video, frames: VideoFrames):
         """Yield (frame id, predicted mask (H, W) uint8 0/1 at the original size) for every frame."""
         predictions = self.predictor.predict(
-            expression, video, self.inputs.input_size, first_mask_from_gt=self.cfg.first_frame_gt
+            expression, video, self.inputs.input_size, first_mask_from_gt=self.cfg.first_frame_gt, frames=frames
         )
         for index, prob in predictions:
             yield video.frame_ids[index], binary_mask(upsample_prob(prob, (video.height, video.width)))
 
-    def score(self, expression: Expression, video: Video) -> list[dict]:
+    def score(self, expression: Expression, video: Video, frames: VideoFrames) -> list[dict]:
         """J and F over the expression's annotated frames, and its intersection and union pixel counts."""
         paths = video.paths
         annotated = set(expression.gt_frames)
         truths, predictions = [], []
-        for frame, mask in self.masks(expression, video):
+        for frame, mask in self.masks(expression, video, frames):
             if frame in annotated:
                 predictions.append(mask)
                 truths.append(read_object_mask(str(paths.mask_path(video.video_id, frame)), expression.object_id))
@@ -228,10 +226,10 @@ class StudentActor(PredictorActor):
             }
         ]
 
-    def encode(self, expression: Expression, video: Video) -> list[dict]:
+    def encode(self, expression: Expression, video: Video, frames: VideoFrames) -> list[dict]:
         """One row per frame: the mask's path in the submission and its single-channel 0/255 PNG."""
         rows = []
-        for frame, mask in self.masks(expression, video):
+        for frame, mask in self.masks(expression, video, frames):
             encoded, png = cv2.imencode(".png", mask * np.uint8(255))
             assert encoded, "OpenCV encodes any uint8 (H, W) array as PNG"
             path = f"Annotations/{video.video_id}/{expression.exp_key}/{frame}.png"

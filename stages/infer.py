@@ -1,6 +1,7 @@
 """Infer: the round's teacher (EMA of the student) labels every frame of every expression of the train split.
 
-Per expression an actor of the pool (stages._ray) propagates through the whole video (from every ground-truth
+Per expression an actor of the pool (stages._ray; the expressions of a video together, sharing its decoded and
+backbone-encoded frames, with `share_frames`) propagates through the whole video (from every ground-truth
 frame of the expression, both ways, with `anchors: all`; optionally averaged with the mirrored video, with
 `uncertainty: flip`) and streams each frame's foreground probability and per-pixel uncertainty (binary entropy)
 into the Zarr pseudo-label store, one chunk per frame and one writer per expression, then commits the expression
@@ -27,7 +28,7 @@ import zarr
 from prvos_core import storage
 from prvos_core.config import InferSection
 from prvos_core.data.manifest import Expression, Video
-from prvos_core.inference.predict import check_prediction_inputs, predictor_identity
+from prvos_core.inference.predict import VideoFrames, check_prediction_inputs, predictor_identity
 from prvos_core.pseudo.store import (
     INDEX_FILE,
     PSEUDO_STORE,
@@ -40,7 +41,7 @@ from prvos_core.pseudo.store import (
     write_index,
 )
 from prvos_core.pseudo.uncertainty import binary_entropy
-from stages._ray import ModelInputs, PredictorActor, run_pool, write_placement
+from stages._ray import ModelInputs, PredictorActor, run_pool, work_units, write_placement
 from stages.result import StageResult, output
 
 log = logging.getLogger("prvos")
@@ -77,11 +78,11 @@ def run(inputs: InferInputs, cfg: InferSection) -> InferResult:
     store_uri = storage.join(inputs.out_dir, PSEUDO_STORE)
     store = _store_for(store_uri, _inputs_digest(inputs, cfg, teacher, expressions, videos))
     done = committed_expressions(store) & set(videos)
-    todo = {e.expression_id: videos[e.expression_id].n_frames for e in expressions if e.expression_id not in done}
+    todo = [e for e in expressions if e.expression_id not in done]
     pool_started, placement = time.perf_counter(), Counter()
     pool = run_pool(
-        TeacherActor, (inputs, cfg, teacher), todo, cfg, label="infer", round_index=inputs.round_index,
-        placement=placement,
+        TeacherActor, (inputs, cfg, teacher), work_units(todo, cfg.share_frames), cfg, label="infer",
+        round_index=inputs.round_index, placement=placement,
     )  # fmt: skip
     rows = [row for expression_rows in pool for row in expression_rows]
     pool_seconds = time.perf_counter() - pool_started
@@ -90,7 +91,7 @@ def run(inputs: InferInputs, cfg: InferSection) -> InferResult:
     index_uri = storage.join(inputs.out_dir, INDEX_FILE)
     write_index(index_uri, rows)
 
-    computed_frames = sum(todo.values())
+    computed_frames = sum(videos[e.expression_id].n_frames for e in todo)
     store_bytes = _bytes(store_uri)
     return InferResult(
         pseudo=store_uri,
@@ -118,7 +119,7 @@ class TeacherActor(PredictorActor):
         self.teacher = teacher
         self.store = open_store(storage.join(inputs.out_dir, PSEUDO_STORE))
 
-    def handle(self, expression: Expression, video: Video) -> list[dict]:
+    def handle(self, expression: Expression, video: Video, frames: VideoFrames) -> list[dict]:
         """Write every frame of one expression, commit it, and return its index rows (one per frame)."""
         size, expression_id = self.inputs.input_size, expression.expression_id
         # A new writer replaces whatever an interrupted run left of this expression.
@@ -126,7 +127,7 @@ class TeacherActor(PredictorActor):
         rows = []
         predictions = self.predictor.predict(
             expression, video, size, first_mask_from_gt=self.cfg.first_frame_gt, anchors=self.cfg.anchors,
-            flip=self.cfg.uncertainty == "flip",
+            flip=self.cfg.uncertainty == "flip", frames=frames,
         )  # fmt: skip
         # With flip, prob is the mean m of the two passes and H(m) their mean entropy plus their disagreement; it
         # bounds |p - p_flip| (<= 2 min(m, 1 - m) <= H(m)), so a max with the disagreement would add nothing.

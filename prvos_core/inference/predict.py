@@ -25,7 +25,7 @@ from prvos_core import storage
 from prvos_core.data.frames import decode_frame, decode_reduction, read_object_mask, resize_frame, resize_map
 from prvos_core.data.manifest import Expression, Manifest, Video, read_manifest
 from prvos_core.errors import DataError, UserError
-from prvos_core.inference.propagation import AnchoredPropagation, iter_propagate
+from prvos_core.inference.propagation import AnchoredPropagation, EncodedFrames, iter_propagate
 from prvos_core.model.checkpoint import EMA_FILE, MODEL_FILE, load_checkpoint, read_checkpoint_meta
 from prvos_core.model.urvos import URVOS
 from prvos_core.text.cache import TextCache, TextNotCachedError
@@ -129,10 +129,29 @@ def _anchor_masks(
     return masks
 
 
-def _frames(video: Video, input_size: tuple[int, int], keep: bool) -> _LazyFrames:
-    paths = video.paths
-    uris = [str(paths.frame_path(video.video_id, frame)) for frame in video.frame_ids]
-    return _LazyFrames(uris, input_size, (video.height, video.width), keep)
+class VideoFrames:
+    """One video at the model's input size, shared by every expression of it: each frame is decoded once (kept as
+    uint8) and encoded by the backbone once per view (plain, mirrored), the features kept until the video is
+    done. Only the text-dependent steps (word attention, memory, decoder) then run per expression."""
+
+    def __init__(self, model: URVOS, video: Video, input_size: tuple[int, int]) -> None:
+        paths = video.paths
+        uris = [str(paths.frame_path(video.video_id, frame)) for frame in video.frame_ids]
+        self.model, self.video_id, self.input_size = model, video.video_id, input_size
+        self.decoded = _LazyFrames(uris, input_size, (video.height, video.width), keep=True)
+        self._views: dict[bool, EncodedFrames] = {}
+
+    def view(self, flip: bool = False) -> EncodedFrames:
+        """The video (or its mirror image) as the propagation reads it."""
+        if flip not in self._views:
+            frames = self.decoded.mirrored() if flip else self.decoded
+            self._views[flip] = EncodedFrames(self.model, frames, keep=True)
+        return self._views[flip]
+
+    @property
+    def encoded(self) -> int:
+        """Backbone calls made so far over both views."""
+        return sum(view.encoded for view in self._views.values())
 
 
 def _anchored(masks: dict[int, torch.Tensor]) -> bool:
@@ -143,22 +162,24 @@ def _anchored(masks: dict[int, torch.Tensor]) -> bool:
 
 def _predictions(
     model: URVOS,
-    frames: _LazyFrames,
+    frames: VideoFrames,
+    flip: bool,
     words: torch.Tensor,
     word_mask: torch.Tensor,
     masks: dict[int, torch.Tensor],
     memory_frames: int,
 ) -> Iterator[torch.Tensor]:
-    """Each frame's foreground probability (h, w), in order; of the mirrored video when `frames` is (its masks
+    """Each frame's foreground probability (h, w), in order; of the mirrored video with `flip` (its masks
     flipped in, its predictions flipped back)."""
-    if frames.flip:
+    if flip:
         masks = {t: mask.flip(-1) for t, mask in masks.items()}
+    view = frames.view(flip)
     if _anchored(masks):
-        propagation = iter(AnchoredPropagation(model, frames, words, word_mask, masks, memory_frames))
+        propagation = iter(AnchoredPropagation(model, view, words, word_mask, masks, memory_frames))
     else:
-        propagation = iter_propagate(model, frames, words, word_mask, masks.get(0), memory_frames)
+        propagation = iter_propagate(model, view, words, word_mask, masks.get(0), memory_frames)
     for prob in propagation:
-        yield prob.flip(-1) if frames.flip else prob
+        yield prob.flip(-1) if flip else prob
 
 
 _SIDE_WORDS = re.compile(r"\b(left|right|leftmost|rightmost)\b", re.IGNORECASE)
@@ -181,6 +202,7 @@ def predict_expression(
     memory_frames: int,
     anchors: Anchors = "first",
     flip: bool = False,
+    frames: VideoFrames | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (frame index, foreground probability (h, w) float32 at `input_size`) for every frame of the video.
 
@@ -191,16 +213,21 @@ def predict_expression(
     is an anchor in memory and the object is propagated from them both ways (`AnchoredPropagation`).
     flip: horizontal-flip test-time augmentation, the mean of the video's and the mirrored video's prediction
     (flipped back); not for an expression that names a side (`names_a_side`), which keeps the plain one.
+    frames: the video's `VideoFrames` shared with its other expressions (same model and input size); None: this
+    expression's own. Sharing changes no bit of the output.
     """
+    if frames is None:
+        frames = VideoFrames(model, video, input_size)
+    elif frames.video_id != video.video_id or frames.input_size != input_size or frames.model is not model:
+        raise ValueError(f"frames of video {frames.video_id} at {frames.input_size} do not fit this prediction")
     masks = _anchor_masks(video, expression, input_size, anchors) if first_mask_from_gt else {}
     flip = flip and not names_a_side(expression.text)
-    frames = _frames(video, input_size, keep=flip or _anchored(masks))
-    plain = _predictions(model, frames, words, word_mask, masks, memory_frames)
+    plain = _predictions(model, frames, False, words, word_mask, masks, memory_frames)
     if not flip:
         for index, prob in enumerate(plain):
             yield index, prob.float().cpu().numpy()
         return
-    mirrored = _predictions(model, frames.mirrored(), words, word_mask, masks, memory_frames)
+    mirrored = _predictions(model, frames, True, words, word_mask, masks, memory_frames)
     for index, (prob, unflipped) in enumerate(zip(plain, mirrored, strict=True)):
         yield index, ((prob.float() + unflipped.float()) / 2).cpu().numpy()
 
@@ -265,9 +292,11 @@ class Predictor:
         first_mask_from_gt: bool,
         anchors: Anchors = "first",
         flip: bool = False,
+        frames: VideoFrames | None = None,
     ) -> Iterator[tuple[int, np.ndarray]]:
         """(frame index, foreground probability (h, w) float32 at `input_size`) for every frame of the video,
-        from the expression's cached token features (`predict_expression`; evaluation keeps the defaults)."""
+        from the expression's cached token features (`predict_expression`; evaluation keeps the defaults).
+        frames: `self.frames(video, input_size)`, shared by the video's expressions."""
         words, word_mask = self.text.lookup([expression.text])
         return predict_expression(
             self.model,
@@ -280,4 +309,9 @@ class Predictor:
             memory_frames=self.memory_frames,
             anchors=anchors,
             flip=flip,
+            frames=frames,
         )
+
+    def frames(self, video: Video, input_size: tuple[int, int]) -> VideoFrames:
+        """The video's frames for all its expressions: each decoded and encoded once (`VideoFrames`)."""
+        return VideoFrames(self.model, video, input_size)

@@ -9,6 +9,10 @@ Two ways, sharing the model's named steps:
 - `AnchoredPropagation`: every frame whose mask is known (an anchor) stays in memory for the whole video, and
   the object is propagated from the anchors both ways: a backward pass (last anchor -> frame 0) and a forward
   pass (first anchor -> last frame), fused per frame by the distance to the nearest anchor on each side.
+
+Both read frames through `EncodedFrames`: frame t on the model's device and its backbone features, encoded the
+first time a pass asks. The features do not depend on the text, so the expressions of one video can share one
+`EncodedFrames` (`keep=True`): each frame is then encoded once per video instead of once per expression and pass.
 """
 
 from __future__ import annotations
@@ -72,7 +76,47 @@ class _Query(NamedTuple):
         return cls(text, word_mask, model.sentence(text, word_mask))
 
 
-def _check(model: URVOS, frames: torch.Tensor) -> None:
+class EncodedFrames:
+    """A video's frames as the propagation reads them: `frames[t]` -> (frame (1,3,H,W) on the model's device,
+    its `encode_frame` features).
+
+    frames: (T,3,H,W) in [0,1], a tensor or a view read as `frames[t:t+1]` (a lazy decoder). keep: hold every
+    frame's features once computed (for several passes or expressions over the same video: an r50 at 384x640
+    keeps ~30 MB per frame in float32); else each request encodes again. Encoding one frame at a time keeps
+    the bits of a kept frame equal to those of a fresh one.
+    """
+
+    def __init__(self, model: URVOS, frames: torch.Tensor, keep: bool = False) -> None:
+        self.model, self.frames = model, frames
+        self.shape, self.ndim = frames.shape, frames.ndim
+        self.device = next(model.parameters()).device
+        self.kept: dict[int, tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = {} if keep else None
+        self.encoded = 0  # backbone calls made, for tests and measurements
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @torch.inference_mode()
+    def __getitem__(self, t: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if self.kept is not None and t in self.kept:
+            return self.kept[t]
+        frame = self.frames[t : t + 1].to(self.device)
+        entry = (frame, self.model.encode_frame(frame))
+        self.encoded += 1
+        if self.kept is not None:
+            self.kept[t] = entry
+        return entry
+
+
+def _encoded(model: URVOS, frames: torch.Tensor | EncodedFrames) -> EncodedFrames:
+    if isinstance(frames, EncodedFrames):
+        if frames.model is not model:
+            raise ValueError("these EncodedFrames were encoded by another model")
+        return frames
+    return EncodedFrames(model, frames)
+
+
+def _check(model: URVOS, frames: torch.Tensor | EncodedFrames) -> None:
     if model.training:
         raise ValueError(
             "propagate needs the model in eval mode (call model.eval()); train mode moves batch-norm statistics"
@@ -94,7 +138,7 @@ def _segment(
 @torch.inference_mode()
 def iter_propagate(
     model: URVOS,
-    frames: torch.Tensor,
+    frames: torch.Tensor | EncodedFrames,
     words: torch.Tensor,
     word_mask: torch.Tensor,
     first_mask: torch.Tensor | None = None,
@@ -110,13 +154,13 @@ def iter_propagate(
     on the model's device (frame 0 is `first_mask` itself when given).
     """
     _check(model, frames)
-    device = next(model.parameters()).device
+    encoded = _encoded(model, frames)
+    device = encoded.device
     size = (frames.shape[-2], frames.shape[-1])
     memory = MemoryBank(memory_size)
     query = _Query.encode(model, words, word_mask, device)
     for t in range(frames.shape[0]):
-        frame = frames[t : t + 1].to(device)
-        features = model.encode_frame(frame)
+        frame, features = encoded[t]
         if t == 0 and first_mask is not None:
             prob = first_mask.to(device=device, dtype=torch.float32).unsqueeze(0)
         else:
@@ -131,7 +175,7 @@ def iter_propagate(
 
 def propagate(
     model: URVOS,
-    frames: torch.Tensor,
+    frames: torch.Tensor | EncodedFrames,
     words: torch.Tensor,
     word_mask: torch.Tensor,
     first_mask: torch.Tensor | None = None,
@@ -146,7 +190,7 @@ class AnchoredPropagation:
 
     model: in eval mode (frames, words and masks are moved to its device). frames (T,3,H,W) in [0,1], read one
     frame at a time as `frames[t:t+1]` (a lazy view works; frames between the anchors are read by both passes,
-    so a view that decodes should keep them), words (L,Dt), word_mask (L,) bool True = real token, anchors
+    so a view that decodes should keep them), or an `EncodedFrames` shared with other expressions, words (L,Dt), word_mask (L,) bool True = real token, anchors
     {t: mask (H,W) in {0,1}} (at least one), memory_size: frames of the current pass kept in memory besides
     every anchor. Each anchor is encoded once, at construction.
 
@@ -162,7 +206,7 @@ class AnchoredPropagation:
     def __init__(
         self,
         model: URVOS,
-        frames: torch.Tensor,
+        frames: torch.Tensor | EncodedFrames,
         words: torch.Tensor,
         word_mask: torch.Tensor,
         anchors: Mapping[int, torch.Tensor],
@@ -172,15 +216,18 @@ class AnchoredPropagation:
         length = frames.shape[0]
         if not anchors or not all(0 <= t < length for t in anchors):
             raise ValueError(f"anchors must name at least one frame, each in 0..{length - 1}; got {sorted(anchors)}")
-        self.model, self.frames, self.memory_size = model, frames, memory_size
-        self.device = next(model.parameters()).device
+        self.model, self.memory_size = model, memory_size
+        # Frames between the anchors are read by both passes: their features are kept for the second one.
+        self.frames = frames if isinstance(frames, EncodedFrames) else EncodedFrames(model, frames, keep=True)
+        _encoded(model, self.frames)
+        self.device = self.frames.device
         self.size = (frames.shape[-2], frames.shape[-1])
         self.query = _Query.encode(model, words, word_mask, self.device)
         self.masks = {t: anchors[t].to(device=self.device, dtype=torch.float32) for t in sorted(anchors)}
         self.entries = []
         for t, mask in self.masks.items():
-            frame = frames[t : t + 1].to(self.device)
-            self.entries.append(model.encode_memory(model.encode_frame(frame), frame, mask.unsqueeze(0)))
+            frame, features = self.frames[t]
+            self.entries.append(model.encode_memory(features, frame, mask.unsqueeze(0)))
 
     @torch.inference_mode()
     def run(self, order: Iterable[int]) -> Iterator[tuple[int, torch.Tensor]]:
@@ -191,8 +238,7 @@ class AnchoredPropagation:
             if t in self.masks:
                 yield t, self.masks[t]
                 continue
-            frame = self.frames[t : t + 1].to(self.device)
-            features = self.model.encode_frame(frame)
+            frame, features = self.frames[t]
             prob = _segment(self.model, features, memory, self.query, self.size)
             memory.add(*self.model.encode_memory(features, frame, prob))
             yield t, prob[0]

@@ -1,12 +1,14 @@
 """Tests of stages.infer on the tiny synthetic run: every frame stored in range with an index that matches the
 store, every ground-truth frame stored as itself, predictions equal to prvos_core.inference.predict, resume after
-an interruption to byte-identical files, a finished infer re-run without model work, a store of other inputs or
+an interruption to byte-identical files, the shared-frame pool (a video's expressions together) writing the same
+bytes as one expression at a time, a finished infer re-run without model work, a store of other inputs or
 settings (anchors, flip uncertainty) started afresh, and the uint8 size bound."""
 
 from __future__ import annotations
 
 import shutil
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -160,6 +162,18 @@ def test_an_interrupted_infer_resumes_to_the_same_bytes(tiny_run, checkpoint, cl
     assert _files(out / "pseudo.zarr") == _files(reference / "pseudo.zarr")
     assert pq.read_table(out / "index.parquet").equals(pq.read_table(reference / "index.parquet"))
     assert (out / "pseudo.zarr" / names[0] / "prob" / "c" / "0" / "0" / "0").stat().st_mtime_ns == untouched
+
+
+def test_the_shared_frame_teacher_writes_the_same_store_as_one_expression_at_a_time(tiny_run, checkpoint, clean,
+                                                                                     tmp_path):
+    reference, _ = clean  # share_frames (the default): an actor labels a video's expressions together
+    expressions = read_manifest(tiny_run.manifest_dir).split_expressions("train")
+    per_video = Counter(e.video_id for e in expressions)
+    assert max(per_video.values()) >= 2  # some video's frames are shared
+    alone = infer.run(_inputs(tiny_run, checkpoint, tmp_path / "infer"), InferSection(actors=2, share_frames=False))
+    assert alone.computed == len(expressions)
+    assert _files(tmp_path / "infer" / "pseudo.zarr") == _files(reference / "pseudo.zarr")
+    assert pq.read_table(tmp_path / "infer" / "index.parquet").equals(pq.read_table(reference / "index.parquet"))
 
 
 def test_a_finished_infer_runs_again_without_model_work(tiny_run, checkpoint, clean, tmp_path):

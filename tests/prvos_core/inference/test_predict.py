@@ -21,6 +21,7 @@ from prvos_core.datasets.synth import generate_synthetic
 from prvos_core.errors import CheckpointError, DataError
 from prvos_core.inference.predict import (
     Predictor,
+    VideoFrames,
     check_prediction_inputs,
     choose_device,
     load_predictor,
@@ -329,3 +330,21 @@ def test_prediction_inputs_are_checked_in_one_line_each(video, checkpoint, split
     write_manifest(str(tmp_path / "manifest"), Manifest((video,), (unknown,), ()))
     with pytest.raises(TextNotCachedError, match="'a text the cache never saw' is not in the text cache"):
         check_prediction_inputs(str(tmp_path / "manifest"), "train", checkpoint, text_cache, identity)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_expressions_sharing_a_video_get_the_same_bits_and_each_frame_is_encoded_once(video, models, text, flip):
+    student, teacher = models[0].eval(), models[1].model.eval()
+    expressions = [_expression(video), replace(_expression(video), expression_id="e2", exp_key="1"),
+                   replace(_expression(video, gt_frames=("00005",)), expression_id="e3", exp_key="2")]  # fmt: skip
+    options = {"first_mask_from_gt": True, "anchors": "all", "flip": flip}
+    alone = [_run(teacher, video, expression, text, **options) for expression in expressions]
+    shared = VideoFrames(teacher, video, SIZE)
+    together = [_run(teacher, video, expression, text, frames=shared, **options) for expression in expressions]
+    for own, with_others in zip(alone, together, strict=True):
+        np.testing.assert_array_equal(own, with_others)
+    # Three expressions, anchored both ways (and mirrored): the backbone ran once per frame and view.
+    assert shared.encoded == len(video.frame_ids) * (2 if flip else 1)
+    with pytest.raises(ValueError, match="do not fit"):
+        list(predict_expression(student, video, expressions[0], *text, SIZE, first_mask_from_gt=True, memory_frames=2,
+                                frames=shared))
