@@ -1,6 +1,7 @@
 """The round loop: which stages run in which order, on which inputs, under which fingerprints.
 
-    ingest -> text -> [r-train -> r-infer -> r-refine] for r < rounds -> final train -> evaluate every student
+    ingest -> frames -> text -> [r-train -> r-infer -> r-refine] for r < rounds -> final train -> evaluate every
+    student
 
 Round r's student trains on ground truth plus round r-1's refined pseudo-labels; its EMA teacher labels the
 train split; refinement keeps, weights or ignores each pixel and picks frames. A stage's fingerprint hashes its
@@ -18,6 +19,7 @@ from pathlib import Path
 from pipelines.fingerprint import dataset_fingerprint, fingerprint
 from pipelines.lineage import Lineage
 from pipelines.run_store import (
+    FRAMES,
     INFER,
     INGEST,
     REFINE,
@@ -36,7 +38,7 @@ from prvos_core.config import PrvosConfig
 from prvos_core.data.source import locate, require_unlabelled_split
 from prvos_core.errors import ConfigError
 from prvos_core.model.builders import input_size
-from stages import evaluate, infer, ingest, refine, text, train
+from stages import evaluate, frames, infer, ingest, refine, text, train
 
 log = logging.getLogger("prvos")
 
@@ -176,6 +178,26 @@ class _Context:
         self.stage(name, None, section, inputs, work, ingest.IngestResult)
         self.lineage.log_manifest(self.outcome(name, ingest.IngestResult).result)
 
+    def _frames(self, name: str, round_index: None) -> None:
+        manifest = self.outcome(stage_name(INGEST), ingest.IngestResult)
+        config = self.config
+        size = input_size(config.model.size, config.model.input_size)
+
+        def work(folder: str) -> frames.FramesResult:
+            frames_inputs = frames.FramesInputs(manifest.result.manifest_dir, folder, size, config.train.min_crop)
+            return frames.run(frames_inputs, config.frames)
+
+        section = {"frames": config.section("frames"), "input_size": list(size), "min_crop": config.train.min_crop}
+        self.stage(name, None, section, {"ingest": manifest.fingerprint}, work, frames.FramesResult)
+
+    def frame_store(self, inputs: dict[str, str]) -> str | None:
+        """The frame store the model stages read (its fingerprint joins `inputs`), or None without a frames stage."""
+        if not self.config.frames.enabled:
+            return None
+        stored = self.outcome(stage_name(FRAMES), frames.FramesResult)
+        inputs["frames"] = stored.fingerprint
+        return stored.result.store
+
     def _text(self, name: str, round_index: None) -> None:
         manifest = self.outcome(stage_name(INGEST), ingest.IngestResult)
 
@@ -190,6 +212,7 @@ class _Context:
         manifest = self.outcome(stage_name(INGEST), ingest.IngestResult)
         text_cache = self.outcome(stage_name(TEXT), text.TextResult)
         inputs = {"ingest": manifest.fingerprint, "text": text_cache.fingerprint}
+        frame_store = self.frame_store(inputs)
         refined_store = init_checkpoint = None
         if round_index > 0 and config.pseudo_labels:
             refined = self.outcome(stage_name(REFINE, round_index - 1), refine.RefineResult)
@@ -218,6 +241,7 @@ class _Context:
                 seed=config.run.seed,
                 round_index=round_index,
                 text=config.text,
+                frame_store=frame_store,
             )
             return train.run(train_inputs, config.train)
 
@@ -236,6 +260,7 @@ class _Context:
         text_cache = self.outcome(stage_name(TEXT), text.TextResult)
         student = self.outcome(stage_name(TRAIN, round_index), train.TrainResult)
         inputs = {"ingest": manifest.fingerprint, "text": text_cache.fingerprint, "train": student.fingerprint}
+        frame_store = self.frame_store(inputs)
         inputs_class = module.InferInputs if module is infer else module.EvaluateInputs
         result_type = module.InferResult if module is infer else module.EvaluateResult
 
@@ -249,6 +274,7 @@ class _Context:
                 out_dir=folder,
                 input_size=input_size(config.model.size, config.model.input_size),
                 round_index=round_index,
+                frame_store=frame_store,
             )
             return module.run(stage_inputs, getattr(config, section))
 

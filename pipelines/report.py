@@ -15,6 +15,7 @@ from rich.table import Table
 from pipelines.lock import lock_holder
 from pipelines.run_store import (
     EVALUATE,
+    FRAMES,
     INFER,
     INGEST,
     REFINE,
@@ -29,6 +30,7 @@ from prvos_core.config import PrvosConfig, config_from_dict
 
 KEY_METRICS = {
     INGEST: ("videos", "expressions", "quarantined"),
+    FRAMES: ("frames", "bytes_per_frame", "frames_per_second"),
     TEXT: ("texts", "encoded"),
     TRAIN: ("loss", "clips_per_second", "start_epoch"),
     INFER: ("expressions", "frames_per_second", "bytes_per_frame"),

@@ -9,8 +9,8 @@ A stage folder without its marker is unfinished: its contents are never taken as
 (relative path -> [size, blake2b]) let `pipelines.integrity` find damage later; markers written before
 checksums existed have none and still load.
 
-Stage names are spelled here only: `ingest` and `text` once per run, `r<round>-<kind>` for the kinds that run
-every round (`stage_name`, `split_stage`), in the order `stage_plan` gives. This module imports neither torch,
+Stage names are spelled here only: `ingest`, `frames` and `text` once per run, `r<round>-<kind>` for the kinds
+that run every round (`stage_name`, `split_stage`), in the order `stage_plan` gives. This module imports neither torch,
 Ray nor a stage, so `prvos status` reads a run without them.
 """
 
@@ -30,8 +30,9 @@ from prvos_core.storage import id_problem
 MARKER = "_COMMITTED.json"
 CONFIG_FILE = "config.yaml"
 
-INGEST, TEXT, TRAIN, INFER, REFINE, EVALUATE = "ingest", "text", "train", "infer", "refine", "evaluate"
-STAGE_KINDS = (INGEST, TEXT, TRAIN, INFER, REFINE, EVALUATE)
+INGEST, FRAMES, TEXT = "ingest", "frames", "text"
+TRAIN, INFER, REFINE, EVALUATE = "train", "infer", "refine", "evaluate"
+STAGE_KINDS = (INGEST, FRAMES, TEXT, TRAIN, INFER, REFINE, EVALUATE)
 ROUND_KINDS = (TRAIN, INFER, REFINE, EVALUATE)  # one folder per round: r<round>-<kind>
 
 
@@ -51,9 +52,9 @@ def split_stage(name: str) -> tuple[int | None, str]:
 
 def stage_plan(config: PrvosConfig) -> list[str]:
     """Stage folder names in execution order:
-    ingest -> text -> [r-train -> r-infer -> r-refine] for r < rounds -> final train -> evaluate every student
-    (or the last one only, `evaluate.rounds: last`)."""
-    names = [stage_name(INGEST), stage_name(TEXT)]
+    ingest -> frames -> text -> [r-train -> r-infer -> r-refine] for r < rounds -> final train -> evaluate every
+    student (or the last one only, `evaluate.rounds: last`); no frames stage with `frames.enabled: false`."""
+    names = [stage_name(INGEST), *([stage_name(FRAMES)] if config.frames.enabled else []), stage_name(TEXT)]
     for round_index in range(config.rounds):
         names.append(stage_name(TRAIN, round_index))
         if config.pseudo_labels:

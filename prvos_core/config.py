@@ -130,6 +130,13 @@ class IngestSection(Section):
     workers: int = Field(0, ge=0)  # parallel check tasks in flight; 0 = one per CPU of the Ray cluster
 
 
+class FramesSection(Section):
+    # Decode every frame once at the model's working resolution into the frame store (stages/frames.py), read by
+    # every round's train, infer and evaluate; false: each of them decodes the JPEGs itself.
+    enabled: bool = True
+    workers: int = Field(0, ge=0)  # videos decoded in parallel; 0 = one per CPU of the Ray cluster
+
+
 class ModelSection(Section):
     size: Literal["tiny", "r50"] = "tiny"  # named sizes of prvos_core.model.builders
     backbone_weights: str | None = None  # local .pth / .safetensors; r50 needs it unless pretrained is false
@@ -262,6 +269,7 @@ class PrvosConfig(Section):
     run: RunSection = RunSection()
     data: DataSection
     ingest: IngestSection = IngestSection()
+    frames: FramesSection = FramesSection()
     model: ModelSection = ModelSection()
     text: TextSection = TextSection()
     train: TrainSection = TrainSection()

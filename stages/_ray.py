@@ -58,6 +58,7 @@ class ModelInputs:
     out_dir: str
     input_size: tuple[int, int]  # (height, width) the model sees; infer stores labels at this size
     round_index: int | None = None
+    frame_store: str | None = None  # the frames stage's frames.zarr (None: decode the JPEGs)
 
 
 def gather(
@@ -154,7 +155,7 @@ class PredictorActor:
         self.inputs, self.cfg = inputs, cfg
         self.predictor = Predictor(
             inputs.checkpoint, weights, inputs.text_cache, inputs.text_identity, inputs.manifest_dir, inputs.split,
-            device=choose_device(cfg.gpus_per_actor), memory_frames=cfg.memory_frames,
+            device=choose_device(cfg.gpus_per_actor), memory_frames=cfg.memory_frames, frame_store=inputs.frame_store,
         )  # fmt: skip
         self.calls = 0
 

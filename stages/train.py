@@ -53,6 +53,7 @@ class TrainInputs:
     seed: int = 0
     round_index: int = 0
     text: TextSection = TextSection()  # the encoder the text cache was made with, recorded in the checkpoint
+    frame_store: str | None = None  # the frames stage's frames.zarr, clips are cut from it (None: the JPEGs)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -169,6 +170,7 @@ def train_loop(config: dict) -> None:
         text.lookup,
         spec,
         refined_store=inputs.refined_store,
+        frame_store=inputs.frame_store,
         seed=inputs.seed + 1000 * inputs.round_index,
         samples_per_source=cfg.samples_per_expression,
         clips=cfg.clips_per_epoch or None,

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from prvos_core.data.frame_store import FrameReader
 from prvos_core.data.frames import Box, load_frame, read_object_mask, resize_map
 from prvos_core.data.manifest import Expression, Manifest, Video
 from prvos_core.data.object_masks import ANNOTATIONS, dense_frames, mask_path
@@ -89,11 +90,15 @@ class ClipDataset(Dataset):
         spec: ClipSpec,
         *,
         refined_store: str | None = None,
+        frame_store: str | None = None,
         seed: int = 0,
         samples_per_source: int = 1,
         clips: int | None = None,
     ) -> None:
         """`text_lookup(texts) -> (tokens (N, L, D), mask (N, L))`, e.g. a loaded TextCache's `lookup`.
+
+        frame_store: the frames stage's frames.zarr, from which clips are cut (no JPEG is decoded); None: the
+        JPEGs, decoded per clip.
 
         clips: the epoch's length when given, so that variants training on more or fewer expressions take the
         same number of steps (each epoch visits the sources in its own order); else sources x samples_per_source.
@@ -102,6 +107,7 @@ class ClipDataset(Dataset):
         self.text_lookup, self.spec, self.seed = text_lookup, spec, seed
         self.refined_store_uri, self.samples_per_source = refined_store, samples_per_source
         self.clips = clips
+        self.frames = FrameReader(frame_store) if frame_store else None
         self._order: tuple[int, np.ndarray] | None = None  # (epoch, source order) of a fixed-length epoch
         self.epoch = 0
         self._refined = None  # opened lazily, once per worker process
@@ -157,9 +163,13 @@ class ClipDataset(Dataset):
         frames = np.empty((len(frame_ids), 3, *size), np.uint8)
         labels = np.full((len(frame_ids), *size), IGNORE_LABEL, np.uint8)
         weights = np.zeros((len(frame_ids), *size), np.float32)
+        position = {frame: index for index, frame in enumerate(video.frame_ids)} if self.frames else {}
         for t, frame_id in enumerate(frame_ids):
-            frame_uri = str(paths.frame_path(video.video_id, frame_id))
-            frames[t] = load_frame(frame_uri, size, box, (video.height, video.width))
+            if self.frames is not None:
+                frames[t] = self.frames.frame(video, position[frame_id], size, box)
+            else:
+                frames[t] = load_frame(str(paths.frame_path(video.video_id, frame_id)), size, box,
+                                       (video.height, video.width))  # fmt: skip
             if frame_id in gt:
                 mask_uri = str(mask_path(video, source.gt_folder, frame_id))
                 labels[t] = resize_map(read_object_mask(mask_uri, source.expression.object_id), size, box)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from prvos_core import storage
+from prvos_core.data.frame_store import FrameReader
 from prvos_core.data.frames import decode_frame, decode_reduction, read_object_mask, resize_frame, resize_map
 from prvos_core.data.manifest import Expression, Manifest, Video, read_manifest
 from prvos_core.errors import DataError, UserError
@@ -78,12 +79,19 @@ class _LazyFrames:
 
     keep: hold each decoded frame (uint8 at `size`) for the view's lifetime, for propagations that read frames
     more than once (both directions, the flipped video); mirrored views share it (`mirrored`).
+    stored: read the frames from the frames stage's store (`FrameReader`, resized to `size`) instead of
+    decoding `paths`.
     """
 
     def __init__(
-        self, paths: list[str], size: tuple[int, int], frame_size: tuple[int, int], keep: bool = False
+        self,
+        paths: list[str],
+        size: tuple[int, int],
+        frame_size: tuple[int, int],
+        keep: bool = False,
+        stored: tuple[FrameReader, Video] | None = None,
     ) -> None:
-        self.paths, self.size = paths, size
+        self.paths, self.size, self.stored = paths, size, stored
         self.reduce = decode_reduction(frame_size, size)  # decode at the smallest scale that covers `size`
         self.shape = torch.Size((len(paths), 3, *size))
         self.ndim = 4
@@ -104,7 +112,11 @@ class _LazyFrames:
     def _frame(self, t: int) -> np.ndarray:
         if self.kept is not None and t in self.kept:
             return self.kept[t]
-        frame = resize_frame(decode_frame(self.paths[t], self.reduce), self.size)
+        if self.stored is not None:
+            reader, video = self.stored
+            frame = reader.frame(video, t, self.size)
+        else:
+            frame = resize_frame(decode_frame(self.paths[t], self.reduce), self.size)
         if self.kept is not None:
             self.kept[t] = frame
         return frame
@@ -131,14 +143,18 @@ def _anchor_masks(
 
 class VideoFrames:
     """One video at the model's input size, shared by every expression of it: each frame is decoded once (kept as
-    uint8) and encoded by the backbone once per view (plain, mirrored), the features kept until the video is
-    done. Only the text-dependent steps (word attention, memory, decoder) then run per expression."""
+    uint8; read from the frames stage's store when given one, else from its JPEG) and encoded by the backbone once
+    per view (plain, mirrored), the features kept until the video is done. Only the text-dependent steps (word
+    attention, memory, decoder) then run per expression."""
 
-    def __init__(self, model: URVOS, video: Video, input_size: tuple[int, int]) -> None:
+    def __init__(
+        self, model: URVOS, video: Video, input_size: tuple[int, int], frame_store: FrameReader | None = None
+    ) -> None:
         paths = video.paths
         uris = [str(paths.frame_path(video.video_id, frame)) for frame in video.frame_ids]
         self.model, self.video_id, self.input_size = model, video.video_id, input_size
-        self.decoded = _LazyFrames(uris, input_size, (video.height, video.width), keep=True)
+        stored = (frame_store, video) if frame_store is not None else None
+        self.decoded = _LazyFrames(uris, input_size, (video.height, video.width), keep=True, stored=stored)
         self._views: dict[bool, EncodedFrames] = {}
 
     def view(self, flip: bool = False) -> EncodedFrames:
@@ -270,8 +286,10 @@ class Predictor:
         *,
         device: torch.device | None = None,
         memory_frames: int = 4,
+        frame_store: str | None = None,
     ) -> None:
         self.model = load_predictor(checkpoint, weights, device or torch.device("cpu"))
+        self.frame_store = FrameReader(frame_store) if frame_store else None
         self.text = TextCache(text_cache, text_identity).load_all()
         manifest = read_manifest(manifest_dir)
         self.expressions = {e.expression_id: e for e in manifest.split_expressions(split)}
@@ -313,5 +331,6 @@ class Predictor:
         )
 
     def frames(self, video: Video, input_size: tuple[int, int]) -> VideoFrames:
-        """The video's frames for all its expressions: each decoded and encoded once (`VideoFrames`)."""
-        return VideoFrames(self.model, video, input_size)
+        """The video's frames for all its expressions: each decoded and encoded once (`VideoFrames`), from the
+        frame store when the predictor has one."""
+        return VideoFrames(self.model, video, input_size, self.frame_store)

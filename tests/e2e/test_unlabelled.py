@@ -40,14 +40,14 @@ def unlabelled_config(tmp_path: Path, **data) -> dict:
 def unlabelled_run(tmp_path_factory, ray_local):
     tmp_path = tmp_path_factory.mktemp("unlabelled")
     config = config_from_dict(unlabelled_config(tmp_path))
-    report = run_pipeline(config, run_id="u", stages=("ingest", "text", "train", "infer", "refine"))
+    report = run_pipeline(config, run_id="u", stages=("ingest", "frames", "text", "train", "infer", "refine"))
     return config, report
 
 
 @pytest.mark.slow
 def test_unlabelled_videos_are_labelled_by_the_teacher_and_trained_on(unlabelled_run):
     config, report = unlabelled_run
-    assert report.ran() == ["ingest", "text", "r0-train", "r0-infer", "r0-refine", "r1-train"]
+    assert report.ran() == ["ingest", "frames", "text", "r0-train", "r0-infer", "r0-refine", "r1-train"]
     results = {name: outcome.result for name, outcome in report.outcomes.items()}
     manifest = read_manifest(results["ingest"].manifest_dir)
     unlabelled = {video.video_id: video for video in manifest.videos if not video.labelled}

@@ -38,7 +38,7 @@ def test_only_lineage_touches_mlflow():
     assert set(found) == {"lineage.py"}, f"mlflow outside pipelines/lineage.py: {found}"
 
 
-KINDS = ("ingest", "text", "train", "infer", "refine", "evaluate")
+KINDS = ("ingest", "frames", "text", "train", "infer", "refine", "evaluate")
 # Calls whose argument is a stage folder name: a bare "ingest" there is a folder name spelled out.
 TAKES_A_STAGE = {"read_marker", "stage_dir", "marker_uri", "result", "_marker"}
 

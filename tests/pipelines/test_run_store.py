@@ -14,9 +14,9 @@ def _config(**top):
 
 def test_stage_plan_orders_the_rounds():
     assert stage_plan(_config(rounds=1)) == [
-        "ingest", "text", "r0-train", "r0-infer", "r0-refine", "r1-train", "r0-evaluate", "r1-evaluate",
+        "ingest", "frames", "text", "r0-train", "r0-infer", "r0-refine", "r1-train", "r0-evaluate", "r1-evaluate",
     ]  # fmt: skip
-    assert stage_plan(_config(rounds=2, pseudo_labels=False)) == [
+    assert stage_plan(_config(rounds=2, pseudo_labels=False, frames={"enabled": False})) == [
         "ingest", "text", "r0-train", "r1-train", "r2-train", "r0-evaluate", "r1-evaluate", "r2-evaluate",
     ]  # fmt: skip
 

@@ -31,6 +31,7 @@ from pipelines.pipeline import run_pipeline
 from pipelines.run_store import RunStore, stage_plan
 from prvos_core.config import config_from_dict
 from stages import train
+from stages.frames import FramesResult
 from stages.text import TextResult
 from tests.e2e.test_pipeline import reduced_config
 from tests.reliability.conftest import REPO, assert_nothing_half_committed, assert_one_line_error, cli, prvos
@@ -155,7 +156,7 @@ def test_train_resumed_from_its_checkpoint_ends_as_an_uninterrupted_run(chain, r
     inputs = train.TrainInputs(
         manifest_dir=store.stage_dir("ingest"), text_cache=text.cache, text_identity=text.identity,
         text_dim=text.dim, split=config.data.train_split, out_dir=str(chain.tmp / "reference-train"),
-        model=config.model, seed=config.run.seed, round_index=0,
+        model=config.model, seed=config.run.seed, round_index=0, frame_store=_frame_store(store),
     )  # fmt: skip
     reference = train.run(inputs, config.train)
     assert resumed.loss == pytest.approx(reference.loss, rel=1e-4, abs=1e-6)
@@ -165,6 +166,11 @@ def test_train_resumed_from_its_checkpoint_ends_as_an_uninterrupted_run(chain, r
     worst = max(float(np.abs(expected[k].astype(np.float64) - actual[k]).max()) for k in expected)
     assert worst <= 1e-5, worst
     print(f"\ntrain: {len(expected)} tensors compared, largest difference {worst:g}")
+
+
+def _frame_store(store: RunStore) -> str:
+    marker = store.read_marker("frames")
+    return FramesResult.from_marker(marker.outputs, marker.metrics).store
 
 
 def test_infer_refine_evaluate_are_byte_identical_to_an_uninterrupted_run(chain, ray_local):

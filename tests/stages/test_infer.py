@@ -164,8 +164,9 @@ def test_an_interrupted_infer_resumes_to_the_same_bytes(tiny_run, checkpoint, cl
     assert (out / "pseudo.zarr" / names[0] / "prob" / "c" / "0" / "0" / "0").stat().st_mtime_ns == untouched
 
 
-def test_the_shared_frame_teacher_writes_the_same_store_as_one_expression_at_a_time(tiny_run, checkpoint, clean,
-                                                                                     tmp_path):
+def test_the_shared_frame_teacher_writes_the_same_store_as_one_expression_at_a_time(
+    tiny_run, checkpoint, clean, tmp_path
+):
     reference, _ = clean  # share_frames (the default): an actor labels a video's expressions together
     expressions = read_manifest(tiny_run.manifest_dir).split_expressions("train")
     per_video = Counter(e.video_id for e in expressions)

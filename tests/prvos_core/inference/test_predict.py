@@ -346,5 +346,8 @@ def test_expressions_sharing_a_video_get_the_same_bits_and_each_frame_is_encoded
     # Three expressions, anchored both ways (and mirrored): the backbone ran once per frame and view.
     assert shared.encoded == len(video.frame_ids) * (2 if flip else 1)
     with pytest.raises(ValueError, match="do not fit"):
-        list(predict_expression(student, video, expressions[0], *text, SIZE, first_mask_from_gt=True, memory_frames=2,
-                                frames=shared))
+        list(
+            predict_expression(
+                student, video, expressions[0], *text, SIZE, first_mask_from_gt=True, memory_frames=2, frames=shared
+            )
+        )
