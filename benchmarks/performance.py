@@ -3,8 +3,10 @@ target, the cross-part figures (text encoding as a share of the r50 CPU and GPU 
 time on Ref-YouTube-VOS for 1, 8 and 64 GPU workers.
 
     .venv/bin/python benchmarks/perf_data.py      # P1   -> results/performance/p1_data.{md,json}
+    .venv/bin/python benchmarks/perf_loader.py    # P1 loader vs one GPU -> results/performance/p1_loader.{md,json}
     .venv/bin/python benchmarks/perf_model.py     # P1b  -> results/performance/p1b_model.{md,json}
     .venv/bin/python benchmarks/perf_infer.py     # P2+3 -> results/performance/p2_p3_infer.{md,json}
+    .venv/bin/python benchmarks/perf_frames.py    # frame store + P2 shared frames -> results/performance/frames_p2.*
     .venv/bin/python benchmarks/perf_cores.py     # P2 control (2 plain processes vs 1) -> p2_cores.{md,json}
     .venv/bin/python benchmarks/perf_resume.py    # P4   -> results/performance/p4_resume.{md,json}
     .venv/bin/python benchmarks/perf_p5.py --suite  # P5 -> results/performance/p5_demo_suite.{md,json}
@@ -24,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import RESULTS, machine, markdown_table  # noqa: E402
 
 PARTS = RESULTS / "performance"
-ORDER = ("p1_data", "p1b_model", "p2_p3_infer", "p2_cores", "p4_resume", "p5_demo_suite")
+ORDER = ("p1_data", "p1_loader", "p1b_model", "p2_p3_infer", "frames_p2", "p2_cores", "p4_resume", "p5_demo_suite")
 # Ref-YouTube-VOS train (DESIGN.md): videos, expressions; frames per video as provided (~27 on average).
 VIDEOS, EXPRESSIONS, FRAMES_PER_VIDEO = 3471, 12913, 27
 EPOCHS_PER_ROUND = 10  # assumption: a round's student trains 10 epochs of one 5-frame clip per expression
@@ -100,7 +102,8 @@ def _met(ok: bool) -> str:
 
 
 def _summary(parts: dict) -> str:
-    data, model, infer, cores, resume = (parts[name] for name in ORDER[:5])
+    data, model, infer, cores, resume = (parts[name] for name in ("p1_data", "p1b_model", "p2_p3_infer", "p2_cores",
+                                                                  "p4_resume"))  # fmt: skip
     rows = []
     if data:
         rows.append(["P1 training throughput, real data path / model step alone", ">= 0.9",
@@ -157,6 +160,21 @@ def _summary(parts: dict) -> str:
         rows.append(["P4 interrupted infer: expressions whose work was lost", f"<= 1 per actor ({resume['actors']})",
                      f"{lost} (re-run computed {resume['resumed_computed']:.0f} of {resume['expressions']})",
                      _met(lost <= resume["actors"])])  # fmt: skip
+    loader = parts["p1_loader"]
+    if loader:
+        gpu = loader["gpu_clips_per_second"]
+        for name, figures in loader.items():
+            if isinstance(figures, dict) and "paper" in name:
+                rate = figures["store_clips_per_second"]
+                rows.append([f"P1 one loader process vs one A100 ({gpu:.0f} clips/s), {name}, frame store",
+                             ">= 2x", f"{rate / gpu:.2f}x ({rate:.1f} clips/s)", _met(rate >= 2 * gpu)])  # fmt: skip
+    shared = parts["frames_p2"]
+    for size in ("tiny", "r50"):
+        if shared and size in shared:
+            figures = shared[size]
+            rows.append([f"P2 teacher actor, a video's 4 expressions together / one at a time ({size})", ">= 1.5",
+                         f"{figures['p2_b_over_a']:.2f} (same bytes: {figures['p2_identical_store']})",
+                         _met(figures["p2_b_over_a"] >= 1.5 and figures["p2_identical_store"])])  # fmt: skip
     p5 = parts["p5_demo_suite"]
     if p5:
         rows.append(["P5 `prvos demo` from an empty folder, 2 cores", "<= 5 min", f"{p5['demo_s'] / 60:.1f} min",
