@@ -180,7 +180,20 @@ class TrainSection(Section):
     min_crop: float = Field(0.8, gt=0, le=1)  # augmentation: crop side drawn from [min_crop, 1]
     brightness: float = Field(0.1, ge=0, lt=1)  # augmentation: brightness factor in [1 - b, 1 + b]
     max_failures: int = Field(1, ge=0)  # Ray Train restarts from the last checkpoint this many times
-    amp: bool = True  # mixed precision on CUDA (ignored on CPU)
+    # Processes per worker that read clips while it trains, kept across epochs (the clips are the same with any
+    # number). An int reserves 1 + that many CPUs per worker; auto: the CPUs Ray gave the worker minus one (1: 0).
+    loader_workers: int | Literal["auto"] = "auto"
+    # auto: bf16 on a GPU that has it, else fp16 with loss scaling; fp32 on CPU (bf16 and fp16 run there if named)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: bool = False  # the student's weights and frames in channels-last memory format (GPU convolutions)
+    compile: bool = False  # torch.compile the student (its first steps are slow: they compile)
+
+    @field_validator("loader_workers", mode="before")
+    @classmethod
+    def _count_or_auto(cls, value: Any) -> Any:
+        if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ValueError("must be a number of processes (0, 1, 2, ...) or auto")
+        return value
 
 
 class InferSection(Section):

@@ -5,6 +5,9 @@ gloo on CPU, NCCL on GPU). Every epoch each worker reports its metrics and rank 
 optimizer, EMA teacher as safetensors + epoch/step) into `<out_dir>/ray/`. After a worker failure Ray Train
 restarts the workers from the latest checkpoint (`train.max_failures`); after a driver crash, running the
 stage again with the same folder resumes from it too. The final checkpoint is copied to `<out_dir>/checkpoint`.
+
+Each worker reads its clips in `train.loader_workers` processes of its own (CPUs Ray reserves beside it) while it
+steps, at `train.precision`, optionally channels-last and compiled (`prvos_core.model.step`).
 """
 
 from __future__ import annotations
@@ -25,13 +28,14 @@ from ray.train.torch import TorchTrainer
 
 from prvos_core import faults, storage
 from prvos_core.config import ModelSection, TextSection, TrainSection
-from prvos_core.data.clips import ClipDataset, ClipSpec, clip_sources, collate_clips
+from prvos_core.data.clips import ClipDataset, ClipSpec, clip_loader, clip_sources
 from prvos_core.data.manifest import read_manifest
 from prvos_core.errors import CheckpointError
 from prvos_core.model.builders import build_model, input_size
 from prvos_core.model.checkpoint import META_FILE, load_checkpoint, read_checkpoint_meta, save_checkpoint
 from prvos_core.model.ema import EmaTeacher
 from prvos_core.model.loss import clip_loss
+from prvos_core.model.step import forward, grad_scaler, model_frames, optimizer_step, prepare_student, resolve_precision
 from prvos_core.text.cache import TextCache
 from stages._ray import current_node, write_placement
 from stages.result import StageResult, output
@@ -85,11 +89,15 @@ def run(inputs: TrainInputs, cfg: TrainSection) -> TrainResult:
         storage_path = os.path.abspath(storage_path)
     else:
         storage_filesystem, storage_path = storage.arrow_filesystem(storage_path)
+    # A number of loader processes is reserved beside the worker's own CPU; auto takes what the worker is given.
+    cpus = 1 + (cfg.loader_workers if cfg.loader_workers != "auto" else 0)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"inputs": inputs, "cfg": cfg, "use_gpu": use_gpu, "faults": faults.environment()},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker={"CPU": 1, **({"GPU": 1} if use_gpu else {})}
+            num_workers=cfg.workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": cpus, **({"GPU": 1} if use_gpu else {})},
         ),
         run_config=ray.train.RunConfig(
             name="student",
@@ -178,8 +186,8 @@ def train_loop(config: dict) -> None:
     sampler = torch.utils.data.DistributedSampler(
         dataset, num_replicas=world, rank=rank, shuffle=True, seed=inputs.seed, drop_last=False
     )
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate_clips, num_workers=0
+    loader = clip_loader(
+        dataset, sampler, batch_size=cfg.batch_size, workers=_loader_workers(cfg), pin_memory=device.type == "cuda"
     )
 
     student = build_model(
@@ -191,7 +199,9 @@ def train_loop(config: dict) -> None:
     )
     if inputs.init_checkpoint:
         load_checkpoint(inputs.init_checkpoint, model=student)
-    student.to(device)
+    prepare_student(student, device, channels_last=cfg.channels_last, compile=cfg.compile)
+    precision = resolve_precision(cfg.precision, device)
+    scaler = grad_scaler(device, precision)
     parameters = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.lr_milestones), gamma=cfg.lr_gamma)
@@ -204,6 +214,8 @@ def train_loop(config: dict) -> None:
                 Path(folder) / CHECKPOINT, model=student, optimizer=optimizer, ema=teacher, device=device
             )
         start_epoch, step, history = saved.meta["epoch"] + 1, saved.meta["step"], saved.meta["history"]
+        if saved.meta.get("grad_scaler") and scaler.is_enabled():
+            scaler.load_state_dict(saved.meta["grad_scaler"])
         for _ in range(start_epoch):
             schedule.step()
         if rank == 0:
@@ -212,25 +224,20 @@ def train_loop(config: dict) -> None:
     model = ray.train.torch.prepare_model(
         student, parallel_strategy_kwargs={"find_unused_parameters": cfg.clip_frames == 1}
     )
-    amp = cfg.amp and device.type == "cuda"
 
     for epoch in range(start_epoch, cfg.epochs):
-        sampler.set_epoch(epoch)
-        dataset.set_epoch(epoch)
+        loader.sampler.set_epoch(epoch)  # the shuffle's and the clips' epoch, seen by every loader process
         model.train()
         started, loss_sum, clips = time.perf_counter(), torch.zeros((), device=device), 0
         for batch in loader:
             faults.maybe_fail("train.step", step)
-            frames = batch["frames"].to(device, non_blocking=True).float().div_(255)
+            frames = model_frames(batch["frames"], device, channels_last=cfg.channels_last)
             labels = batch["labels"].to(device, non_blocking=True).long()
             weights = batch["weights"].to(device, non_blocking=True)
             words, word_mask = batch["words"].to(device), batch["word_mask"].to(device)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = model(frames, words, word_mask)
-            loss = clip_loss(logits.float(), labels, weights, cfg.rest_weight, cfg.dice_weight).total
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            logits = forward(model, frames, words, word_mask, precision)
+            loss = clip_loss(logits, labels, weights, cfg.rest_weight, cfg.dice_weight).total
+            optimizer_step(loss, optimizer, scaler)
             teacher.update(student)
             loss_sum += loss.detach() * frames.shape[0]
             clips += frames.shape[0]
@@ -261,7 +268,16 @@ def train_loop(config: dict) -> None:
                 f"r{inputs.round_index} train: epoch {epoch + 1}/{cfg.epochs}, loss {metrics['loss']:.4f}, "
                 f"{metrics['clips_per_second']:.1f} clips/s on {world} worker(s)"
             )
-        _report(metrics, history, rank, student, optimizer, teacher, inputs, cfg)
+        _report(metrics, history, rank, student, optimizer, teacher, scaler, inputs, cfg)
+
+
+def _loader_workers(cfg: TrainSection) -> int:
+    """Loader processes of this worker: the configured number, or for auto the CPUs Ray assigned it minus its own
+    (the machine's count would be wrong: several workers and other tasks share a node)."""
+    if cfg.loader_workers != "auto":
+        return cfg.loader_workers
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+    return max(int(cpus) - 1, 0)
 
 
 def _progress(line: str) -> None:
@@ -271,7 +287,9 @@ def _progress(line: str) -> None:
     sys.stderr.flush()
 
 
-def _report(metrics, history, rank, student, optimizer, teacher, inputs: TrainInputs, cfg: TrainSection) -> None:
+def _report(
+    metrics, history, rank, student, optimizer, teacher, scaler, inputs: TrainInputs, cfg: TrainSection
+) -> None:
     """Every worker reports (it is a barrier); rank 0 attaches the checkpoint of this epoch."""
     if rank != 0:
         ray.train.report(metrics)
@@ -282,6 +300,8 @@ def _report(metrics, history, rank, student, optimizer, teacher, inputs: TrainIn
             "step": metrics["step"],
             "round": inputs.round_index,
             "history": history,
+            # fp16's loss scale, so that a resumed run does not start again from 2^16 and skip steps to find it
+            "grad_scaler": scaler.state_dict() if scaler.is_enabled() else None,
             "config": {
                 "train": cfg.model_dump(mode="json"),
                 "model": inputs.model.model_dump(mode="json"),

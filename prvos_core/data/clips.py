@@ -7,15 +7,19 @@ without any label is all-ignore and only carries memory), and the expression's c
 Augmentation is one random crop box and one brightness factor per clip, applied to every frame and label
 alike. There is no horizontal flip: expressions say "left" and "right". Everything random comes from a
 generator seeded by (seed, epoch, index), so a clip is the same on any worker and after a restart.
+
+`clip_loader` batches them in loader processes: its sampler hands each process (epoch, index) pairs, so a clip
+does not depend on how many processes read them, nor on whether they live across epochs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from prvos_core.data.frame_store import FrameReader
 from prvos_core.data.frames import Box, load_frame, read_object_mask, resize_map
@@ -113,6 +117,7 @@ class ClipDataset(Dataset):
         self._refined = None  # opened lazily, once per worker process
 
     def set_epoch(self, epoch: int) -> None:
+        """The epoch of plain indices `dataset[i]`; an (epoch, index) key (`EpochSampler`) names its own."""
         self.epoch = epoch
 
     def __len__(self) -> int:
@@ -120,9 +125,10 @@ class ClipDataset(Dataset):
             return self.clips if self.sources else 0
         return len(self.sources) * self.samples_per_source
 
-    def __getitem__(self, index: int) -> Clip:
-        source = self.sources[self._source_index(index)]
-        rng = np.random.default_rng((self.seed, self.epoch, index))
+    def __getitem__(self, key: int | tuple[int, int]) -> Clip:
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
+        source = self.sources[self._source_index(epoch, index)]
+        rng = np.random.default_rng((self.seed, epoch, index))
         frame_ids = choose_clip_frames(source, self.spec.frames, rng)
         box, brightness = self._augmentation(rng)
         frames, labels, weights = self._load(source, frame_ids, box)
@@ -138,15 +144,15 @@ class ClipDataset(Dataset):
             source.expression.expression_id,
         )
 
-    def _source_index(self, index: int) -> int:
+    def _source_index(self, epoch: int, index: int) -> int:
         """Which source clip `index` shows. With a fixed epoch length (`clips`), every epoch visits the sources in
         its own order (seeded by seed and epoch, the same on every worker): index % len(sources) alone would draw
         the same first `clips` sources every epoch and never the rest when there are more sources than clips."""
         count = len(self.sources)
         if self.clips is None:
             return index % count
-        if self._order is None or self._order[0] != self.epoch:
-            self._order = (self.epoch, np.random.default_rng((self.seed, self.epoch, count)).permutation(count))
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, np.random.default_rng((self.seed, epoch, count)).permutation(count))
         return int(self._order[1][index % count])
 
     def _augmentation(self, rng: np.random.Generator) -> tuple[Box, float]:
@@ -232,3 +238,57 @@ def collate_clips(clips: list[Clip]) -> dict[str, torch.Tensor | list]:
         "word_mask": torch.stack([c.word_mask for c in clips]),
         "expression_ids": [c.expression_id for c in clips],
     }
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """A sampler's indices as (epoch, index) keys of a `ClipDataset`, the epoch being the one last set here.
+
+    The epoch travels with each index because loader processes hold their own copy of the dataset, made when
+    they start: kept across epochs (`persistent_workers`), they would never see `ClipDataset.set_epoch` called in
+    the training process, and would draw every epoch's clips as the first one's.
+    """
+
+    def __init__(self, sampler: Sampler[int]) -> None:
+        self.sampler, self.epoch = sampler, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch of the keys, and of the wrapped sampler's shuffle (a DistributedSampler's) when it has one."""
+        self.epoch = epoch
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        epoch = self.epoch
+        return ((epoch, index) for index in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+# Batches each loader process keeps ready: torch's default of 2 plus a margin for a slow read (object store, cold
+# page cache); a batch is B x T uint8 frames, a few MB.
+PREFETCH_BATCHES = 4
+
+
+def clip_loader(
+    dataset: ClipDataset, sampler: Sampler[int], *, batch_size: int, workers: int = 0, pin_memory: bool = False
+) -> DataLoader:
+    """Batches (`collate_clips`) of `dataset` in the order of `sampler`, read by `workers` processes kept across
+    epochs (0: in this process). Call `loader.sampler.set_epoch(epoch)` before each epoch: the clips are then the
+    same with any `workers`. pin_memory: page-locked batches, for asynchronous copies to a GPU."""
+    kept = {"persistent_workers": True, "prefetch_factor": PREFETCH_BATCHES, "worker_init_fn": _one_thread}
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=EpochSampler(sampler),
+        collate_fn=collate_clips,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        **(kept if workers > 0 else {}),
+    )
+
+
+def _one_thread(worker_id: int) -> None:
+    """Loader processes decode and resize with OpenCV, whose thread pool would be as wide as the machine in each
+    of them (torch already runs loader processes on one thread): they share the CPUs the worker reserved."""
+    cv2.setNumThreads(1)

@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from prvos_core.data.clips import ClipDataset, ClipSource, ClipSpec, choose_clip_frames, clip_sources, collate_clips
+from prvos_core.data.clips import (
+    ClipDataset,
+    ClipSource,
+    ClipSpec,
+    choose_clip_frames,
+    clip_loader,
+    clip_sources,
+    collate_clips,
+)
 from prvos_core.data.frames import decode_frame, read_object_mask, resize_frame, resize_map
 from prvos_core.data.ids import expression_id
 from prvos_core.data.layout import SplitPaths
@@ -219,3 +227,41 @@ def test_a_fixed_epoch_length_visits_every_source_over_the_epochs(dataset_root):
     assert [again[i].expression_id for i in range(3)] == seen[-3:]  # the same on any worker
     assert len(ClipDataset(sources, fake_text, ClipSpec(), samples_per_source=2)) == 10
     assert len(ClipDataset([], fake_text, ClipSpec(), clips=7)) == 0
+
+
+def test_loader_processes_kept_across_epochs_read_the_same_clips_as_one_process(dataset_root):
+    """The epoch reaches loader processes with every index: kept across epochs, they hold the dataset copy made when
+    they started, which `ClipDataset.set_epoch` in the training process would never reach."""
+    sources = [replace(_source(dataset_root), expression=replace(_source(dataset_root).expression, expression_id=name))
+               for name in "abc"]  # fmt: skip
+    dataset = ClipDataset(sources, fake_text, ClipSpec(frames=3, size=SIZE), seed=2, samples_per_source=2)
+
+    def sampler():
+        return torch.utils.data.DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=0)
+
+    def content(batches):
+        return [(b["expression_ids"], b["frames"].numpy().tobytes(), b["labels"].numpy().tobytes(),
+                 b["weights"].numpy().tobytes()) for b in batches]  # fmt: skip
+
+    def read(workers):
+        loader = clip_loader(dataset, sampler(), batch_size=2, workers=workers)
+        assert loader.persistent_workers == (workers > 0)
+        epochs = []
+        for epoch in range(2):
+            loader.sampler.set_epoch(epoch)
+            epochs.append(content(loader))
+        return epochs
+
+    expected, order = [], sampler()
+    for epoch in range(2):  # each epoch's clips indexed one by one in this process
+        order.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        indices = list(order)
+        expected.append(content(collate_clips([dataset[i] for i in indices[k : k + 2]]) for k in range(0, 6, 2)))
+    assert expected[0] != expected[1]
+    dataset.set_epoch(0)
+    assert read(0) == expected
+    assert read(2) == expected
+    fresh = ClipDataset(sources, fake_text, dataset.spec, seed=2, samples_per_source=2)
+    dataset.set_epoch(1)
+    assert torch.equal(dataset[(0, 4)].frames, fresh[4].frames)  # an (epoch, index) key names its own epoch
