@@ -276,7 +276,10 @@ def clip_loader(
     """Batches (`collate_clips`) of `dataset` in the order of `sampler`, read by `workers` processes kept across
     epochs (0: in this process). Call `loader.sampler.set_epoch(epoch)` before each epoch: the clips are then the
     same with any `workers`. pin_memory: page-locked batches, for asynchronous copies to a GPU."""
-    kept = {"persistent_workers": True, "prefetch_factor": PREFETCH_BATCHES, "worker_init_fn": _one_thread}
+    # Spawned, not forked: a fork copies the parent's threads' locks mid-state (Ray's gRPC threads, OpenCV's pool),
+    # and a forked loader hung in `cv2.setNumThreads` after the parent had resized with OpenCV (seen, 2026-12-02).
+    kept = {"persistent_workers": True, "prefetch_factor": PREFETCH_BATCHES, "worker_init_fn": _one_thread,
+            "multiprocessing_context": "spawn"}  # fmt: skip
     return DataLoader(
         dataset,
         batch_size=batch_size,
