@@ -218,15 +218,14 @@ def main() -> None:
     parser.add_argument("--report", action="store_true", help="only write the table of the variants already done")
     args = parser.parse_args()
     seeds = args.seeds[:1] if args.quick else args.seeds
-    if args.report:
-        args.cpus = 1  # nothing runs; Ray starts only because the loop is shared
+    ray_cpus = 1 if args.report else args.cpus  # --report runs nothing; Ray starts only because the loop is shared
 
     import ray
 
     args.work.mkdir(parents=True, exist_ok=True)
     from pipelines.ray_session import quiet_ray_train_logs
 
-    ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR", _temp_dir=str(args.work / "ray"),
+    ray.init(num_cpus=ray_cpus, include_dashboard=False, logging_level="ERROR", _temp_dir=str(args.work / "ray"),
              runtime_env={"worker_process_setup_hook": quiet_ray_train_logs})  # fmt: skip
     started = time.perf_counter()
     results: dict[str, dict[int, dict[str, dict]]] = {regime: {} for regime in args.regimes}
