@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import posixpath
 import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from prvos_core.errors import StorageError, first_line
+
+_log = logging.getLogger("prvos")
 
 # Ids become folder and file names in run stores and object stores: keep them to a portable alphabet.
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -190,6 +193,27 @@ def remove(uri: str) -> None:
     fs, path = filesystem(uri)
     if fs.exists(path):
         fs.rm(path, recursive=True)
+
+
+def disk_bytes(uri: str) -> int:
+    """Bytes on disk of everything under `uri`."""
+    fs, path = filesystem(uri)
+    return int(sum(fs.du(path, total=False).values()))
+
+
+def store_for_inputs(uri: str, digest: str, open_group: Callable[[str], Any], what: str) -> Any:
+    """The resumable store (a Zarr group) at `uri` for inputs with `digest` (kept in its `inputs` attribute):
+    resumed when it was written for them, else removed and started afresh, never mixed in. `what` names the
+    store's content for the warning, e.g. "infer: ... holds labels"."""
+    store = open_group(uri)
+    if store.attrs.get("inputs") == digest:
+        return store
+    if any(True for _ in store.group_keys()):
+        _log.warning("%s of other inputs at %s; starting afresh", what, uri)
+        remove(uri)
+        store = open_group(uri)
+    store.attrs["inputs"] = digest
+    return store
 
 
 def upload_folder(local_dir: str, uri: str, *, last: str | None = None) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import time
 from dataclasses import dataclass
 from typing import ClassVar
@@ -33,8 +32,6 @@ from prvos_core.data.frame_store import (
 from prvos_core.data.manifest import Video, read_manifest
 from stages._ray import gather
 from stages.result import StageResult, output
-
-log = logging.getLogger("prvos")
 
 
 @dataclass(frozen=True)
@@ -66,7 +63,7 @@ def run(inputs: FramesInputs, cfg: FramesSection) -> FramesResult:
     videos = sorted(read_manifest(inputs.manifest_dir).videos, key=lambda v: (v.split, v.video_id))
     size = store_size(inputs.input_size, inputs.min_crop)
     uri = storage.join(inputs.out_dir, FRAME_STORE)
-    store = _store_for(uri, _digest(videos, size))
+    store = storage.store_for_inputs(uri, _digest(videos, size), _open_for_writing, "frames: frames")
     for split in sorted({video.split for video in videos}):
         store.require_group(split)  # here, not by racing tasks
     done = committed_videos(store)
@@ -87,7 +84,7 @@ def run(inputs: FramesInputs, cfg: FramesSection) -> FramesResult:
         computed=len(todo),
         skipped=len(videos) - len(todo),
         jpeg_bytes_per_frame=jpeg_bytes / computed if computed else 0.0,
-        bytes_per_frame=_bytes(uri) / max(total, 1),
+        bytes_per_frame=storage.disk_bytes(uri) / max(total, 1),
         frames_per_second=computed / pool_seconds if computed else 0.0,
         seconds=time.perf_counter() - started,
     )
@@ -101,24 +98,10 @@ def _decode_and_write(uri: str, video: Video, size: tuple[int, int]) -> int:
     return jpeg_bytes
 
 
+def _open_for_writing(uri: str):
+    return open_frame_store(uri, mode="a")
+
+
 def _digest(videos: list[Video], size: tuple[int, int]) -> str:
     records = [[v.split, v.video_id, v.dataset_root, v.folder, list(v.frame_ids)] for v in videos]
     return hashlib.sha256(json.dumps({"size": list(size), "videos": records}, sort_keys=True).encode()).hexdigest()
-
-
-def _store_for(uri: str, digest: str):
-    """The store at `uri` for these inputs: resumed when it was written for them, else started afresh."""
-    store = open_frame_store(uri, mode="a")
-    if store.attrs.get("inputs") == digest:
-        return store
-    if any(True for _ in store.group_keys()):
-        log.warning("frames: %s holds frames of other inputs (size or videos); starting afresh", uri)
-        storage.remove(uri)
-        store = open_frame_store(uri, mode="a")
-    store.attrs["inputs"] = digest
-    return store
-
-
-def _bytes(uri: str) -> int:
-    fs, path = storage.filesystem(uri)
-    return int(sum(fs.du(path, total=False).values()))

@@ -17,13 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import ClassVar
-
-import zarr
 
 from prvos_core import storage
 from prvos_core.config import InferSection
@@ -43,9 +40,6 @@ from prvos_core.pseudo.store import (
 from prvos_core.pseudo.uncertainty import binary_entropy
 from stages._ray import ModelInputs, PredictorActor, run_pool, work_units, write_placement
 from stages.result import StageResult, output
-
-log = logging.getLogger("prvos")
-
 
 InferInputs = ModelInputs  # the same fields as the other model stage; named for readers of this stage
 
@@ -76,7 +70,8 @@ def run(inputs: InferInputs, cfg: InferSection) -> InferResult:
     teacher = predictor_identity(inputs.checkpoint, cfg.teacher)
 
     store_uri = storage.join(inputs.out_dir, PSEUDO_STORE)
-    store = _store_for(store_uri, _inputs_digest(inputs, cfg, teacher, expressions, videos))
+    digest = _inputs_digest(inputs, cfg, teacher, expressions, videos)
+    store = storage.store_for_inputs(store_uri, digest, open_store, "infer: labels")
     done = committed_expressions(store) & set(videos)
     todo = [e for e in expressions if e.expression_id not in done]
     pool_started, placement = time.perf_counter(), Counter()
@@ -92,7 +87,7 @@ def run(inputs: InferInputs, cfg: InferSection) -> InferResult:
     write_index(index_uri, rows)
 
     computed_frames = sum(videos[e.expression_id].n_frames for e in todo)
-    store_bytes = _bytes(store_uri)
+    store_bytes = storage.disk_bytes(store_uri)
     return InferResult(
         pseudo=store_uri,
         index=index_uri,
@@ -163,23 +158,3 @@ def _inputs_digest(
         "expressions": sorted(records),
     }
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
-
-
-def _store_for(uri: str, digest: str) -> zarr.Group:
-    """The pseudo-label store at `uri` for inputs with `digest`: resumed when it was written for them, else
-    started afresh (an interrupted infer whose teacher, settings or manifest changed since)."""
-    store = open_store(uri)
-    if store.attrs.get("inputs") == digest:
-        return store
-    if any(True for _ in store.group_keys()):
-        log.warning("infer: %s holds labels of other inputs (teacher, settings or manifest); starting afresh", uri)
-        storage.remove(uri)
-        store = open_store(uri)
-    store.attrs["inputs"] = digest
-    return store
-
-
-def _bytes(uri: str) -> int:
-    """Bytes on disk of everything under `uri`."""
-    fs, path = storage.filesystem(uri)
-    return int(sum(fs.du(path, total=False).values()))
