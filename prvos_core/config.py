@@ -384,8 +384,10 @@ def _suggestion(location: tuple) -> str:
         if model is None:
             return ""
     names = list(model.model_fields)
-    close = difflib.get_close_matches(str(location[-1]), names, n=1)
     prefix = ".".join(str(p) for p in location[:-1])
+    if renamed := {"train.amp": "train.precision: auto (amp: true) or fp32"}.get(f"{prefix}.{location[-1]}"):
+        return f" (replaced by {renamed})"  # a key of older configs
+    close = difflib.get_close_matches(str(location[-1]), names, n=1)
     return f" (did you mean '{prefix + '.' if prefix else ''}{close[0]}'?)" if close else " (remove it)"
 
 

@@ -32,6 +32,9 @@ def test_unknown_key_names_it_and_suggests_the_closest():
         config_from_dict({"data": {"root": "d"}, "ingest": {"max_text_char": 3}})
     assert str(error.value) == "config: unknown key 'ingest.max_text_char' (did you mean 'ingest.max_text_chars'?)"
     assert "\n" not in str(error.value)
+    with pytest.raises(ConfigError) as error:  # a key older configs have: what replaced it
+        config_from_dict({"data": {"root": "d"}, "train": {"amp": True}})
+    assert str(error.value) == "config: unknown key 'train.amp' (replaced by train.precision: auto (amp: true) or fp32)"
 
 
 def test_all_problems_reported_at_once():
