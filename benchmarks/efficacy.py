@@ -239,7 +239,7 @@ def main() -> None:
                 else:
                     data = args.work / f"synth-{seed}-{spec.unlabelled_videos}"
                     base = [f"data.root={data}", f"data.synth.seed={seed}", *(QUICK if args.quick else SYNTH),
-                            f"data.synth.unlabelled_videos={spec.unlabelled_videos}"]  # fmt: skip
+                            f"data.synth.unlabelled_videos={spec.unlabelled_videos}", "data.synth.create=true"]  # fmt: skip
                 base += [f"run.seed={seed}", *spec.overrides, *args.overrides]
                 for variant in args.variants or (QUICK_VARIANTS if args.quick else spec.variants):
                     extra = REAL_FULL_GT if args.real and variant == "full_gt" else VARIANTS[variant]

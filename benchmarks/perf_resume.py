@@ -35,7 +35,7 @@ pseudo_labels: true
 run: {{root: {root}/runs, seed: 0}}
 data:
   root: {root}/data
-  synth: {{videos: 3, valid_videos: 1, frames: 8, size: [48, 48], label_every: 4, seed: 0}}
+  synth: {{create: true, videos: 3, valid_videos: 1, frames: 8, size: [48, 48], label_every: 4, seed: 0}}
 model: {{size: tiny, input_size: [32, 32]}}
 text: {{encoder: minilm}}
 train: {{workers: 1, epochs: 1, batch_size: 2, clip_frames: 2}}

@@ -14,8 +14,9 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
+from pipelines.cli_evaluate import evaluate
+from pipelines.cli_review import review_app
 from prvos_core.errors import UserError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -27,10 +28,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 data_app = typer.Typer(
-    help="Prepare datasets: synthetic data, merged JSON, Ref-DAVIS17 conversion.", no_args_is_help=True
+    help="Prepare datasets: synthetic data, merged JSON, Ref-DAVIS17 and MeViS conversion.", no_args_is_help=True
 )
 app.add_typer(data_app, name="data")
 console = Console(stderr=True)
+app.add_typer(review_app, name="review")
+app.command("evaluate")(evaluate)
 
 
 def _setup_logging() -> None:
@@ -118,6 +121,34 @@ def data_convert_davis(
     typer.echo(f"wrote {out}: {summary}")
 
 
+@data_app.command("convert-mevis")
+def data_convert_mevis(
+    mevis_root: Annotated[
+        Path, typer.Argument(help="MeViS root: <split>/JPEGImages, meta_expressions.json, mask_dict.json per split.")
+    ],
+    out: Annotated[
+        Path, typer.Option(help="Output dataset root (Ref-YouTube-VOS layout); must not exist or be empty.")
+    ],
+    splits: Annotated[
+        str | None, typer.Option(help="Comma-separated splits, e.g. train,valid_u (default: every split folder).")
+    ] = None,
+) -> None:
+    """MeViS (COCO RLE masks, expressions about several objects) -> the Ref-YouTube-VOS layout, every mask decoded
+    once into palette PNGs; an expression's target is the union of its objects' masks."""
+    from prvos_core.datasets.mevis import convert_mevis
+    from prvos_core.progress import progress_bar
+
+    chosen = tuple(s.strip() for s in splits.split(",") if s.strip()) if splits else None
+    with progress_bar("convert-mevis", total=0, unit="video") as bar:
+
+        def advance(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        summary = convert_mevis(mevis_root, out, splits=chosen, progress=advance)
+    typer.echo(f"wrote {out}: {summary}")
+
+
 @app.command("run")
 def run(
     config: Annotated[Path, typer.Argument(help="YAML config (see configs/).")],
@@ -167,14 +198,15 @@ def demo(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key of configs/demo.yaml.")] = None,
 ) -> None:
     """Synthetic data, configs/demo.yaml, embedded Ray, local MLflow: the whole method on a laptop."""
-    from pipelines.report import round_curve
+    from pipelines.report import print_table, round_curve
     from prvos_core.config import load_config
 
     demo_config = CONFIGS / "demo.yaml"
-    resolved = load_config(demo_config, [*_absolute_paths(demo_config, set_ or []), *(set_ or [])])
-    store = _run(resolved, run_id, None, None, None)
+    # The demo writes its synthetic set when absent; a plain `prvos run configs/demo.yaml` only reads one.
+    overrides = [*_absolute_paths(demo_config, set_ or []), "data.synth.create=true", *(set_ or [])]
+    store = _run(load_config(demo_config, overrides), run_id, None, None, None)
     out = Console()
-    out.print(round_curve(store))
+    print_table(out, round_curve(store))
     out.print(
         "next: "
         f"prvos status {store.run_dir}  |  prvos inspect {store.run_dir} --round 0  |  prvos ui --root {store.root}",
@@ -194,7 +226,7 @@ def status(
 ) -> None:
     """Show runs, or one run's rounds and stages with state, duration and key metrics."""
     # Reads config and markers only: this path imports no torch, Ray or stage (tests/pipelines/test_cli.py).
-    from pipelines.report import status_table
+    from pipelines.report import print_table, status_table
     from pipelines.run_store import CONFIG_FILE, open_run
 
     out = Console()
@@ -206,7 +238,7 @@ def status(
             out.print(str(root / name))
         return
     store = open_run(_run_folder(run))
-    out.print(status_table(store))
+    print_table(out, status_table(store))
     if verify:
         _verify(store, out)
 
@@ -323,20 +355,14 @@ def _run(config, run_id: str | None, stages, address: str | None, tracking_uri: 
     from pipelines.lock import RunLock
     from pipelines.pipeline import run_pipeline
     from pipelines.ray_session import ray_session
+    from pipelines.report import print_table, run_table
     from pipelines.run_store import RunStore, new_run_id
 
     store = RunStore(config.run.root, run_id or config.run.run_id or new_run_id(config.name))
     with RunLock(store.run_dir), ray_session(address, shared_paths=(config.run.root, config.data.root)):
         report = run_pipeline(config, run_id=store.run_id, stages=stages, tracking_uri=tracking_uri, verify=verify)
     out = Console()
-    table = Table(title=f"run {report.store.run_id}  ({report.store.run_dir})")
-    for column in ("stage", "ran", "seconds"):
-        table.add_column(column)
-    for name, outcome in report.outcomes.items():
-        seconds = outcome.result.metrics.get("seconds")
-        ran = ("yes (repaired)" if outcome.repaired else "yes") if outcome.ran else "skipped (committed)"
-        table.add_row(name, ran, "" if seconds is None else f"{seconds:.1f}")
-    out.print(table)
+    print_table(out, run_table(report.store, report.outcomes))
     out.print(f"next: prvos status {report.store.run_dir}", soft_wrap=True)
     return report.store
 

@@ -13,6 +13,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from prvos_core import storage
+
 _PACKAGES = ("prvos_core", "stages")
 
 
@@ -35,16 +37,35 @@ def fingerprint(stage: str, section: Any, inputs: dict[str, str]) -> str:
 
 def dataset_fingerprint(root: str | Path) -> str:
     """Hash of a local dataset's file listing (relative path, size, mtime): cheap, catches any change."""
+    if not storage.is_local(str(root)):
+        return storage.listing_digest(str(root))  # an object store's listing: key, size, ETag
     root = Path(root)
     digest = hashlib.sha256()
     if root.is_file():
         stat = root.stat()
         digest.update(f"{root.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
         root = root.parent
-    for directory, subdirs, files in os.walk(root):
+    # Symlinked folders are followed (a root assembled from linked split folders is common), each real folder
+    # once: a link back up the tree would otherwise be walked forever.
+    seen: set[tuple[int, int]] = set()
+    for directory, subdirs, files in os.walk(root, followlinks=True):
+        folder = os.stat(directory)
+        if (folder.st_dev, folder.st_ino) in seen:
+            subdirs.clear()
+            continue
+        seen.add((folder.st_dev, folder.st_ino))
         subdirs.sort()
         for name in sorted(files):
             path = os.path.join(directory, name)
-            stat = os.stat(path)
-            digest.update(f"{os.path.relpath(path, root)}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+            digest.update(f"{os.path.relpath(path, root)}:{_file_state(path)}\n".encode())
     return digest.hexdigest()[:20]
+
+
+def _file_state(path: str) -> str:
+    """Size and modification time of the file a path names (through symlinks); a dangling link hashes as such,
+    so ingest, not the fingerprint, reports it."""
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return "dangling link"
+    return f"{stat.st_size}:{stat.st_mtime_ns}"

@@ -24,7 +24,8 @@ import numpy as np
 
 from pipelines.lineage import log_report
 from pipelines.report import plot_rounds, round_rows
-from pipelines.run_store import INFER, INGEST, REFINE, RunStore, open_run, stage_name
+from pipelines.review import RoundQueue, flipped_shares, round_queue, teacher_mask
+from pipelines.run_store import INGEST, RunStore, committed_marker, open_run, round_markers, stage_name
 from prvos_core import storage
 from prvos_core.config import PrvosConfig, config_from_dict
 from prvos_core.data.frames import decode_frame
@@ -41,10 +42,11 @@ from prvos_core.pseudo.store import (
     read_refined,
 )
 from prvos_core.storage import output_folder
-from prvos_core.viz.pictures import write_png
+from prvos_core.viz.pictures import fit_frame, overlay_mask, panel_size, write_png
 from prvos_core.viz.strip import DECISION_COLORS, choose_columns, pseudo_label_strip
 
 DEFAULT_EXPRESSIONS = 4
+REVIEW_SHOWN = 8  # frames of the review queue shown
 MAX_COLUMNS = 16
 IMAGES = "img"
 INDEX_FILE = "index.html"
@@ -77,8 +79,8 @@ def build_report(run: str | Path, round_index: int, *, expression_id: str | None
     raises a UserError in one line."""
     store = open_run(str(run))
     config = config_from_dict(store.read_config_dict())
-    infer, refine = _round_markers(store, config, round_index)
-    manifest = read_manifest(os.path.dirname(_marker(store, stage_name(INGEST)).outputs["videos"]))
+    infer, refine = round_markers(store, config, round_index)
+    manifest = read_manifest(os.path.dirname(committed_marker(store, stage_name(INGEST)).outputs["videos"]))
     expressions = {e.expression_id: e for e in manifest.split_expressions(config.data.train_split)}
     chosen = _choose(read_index(infer.outputs["index"]), expressions, manifest, expression_id, count)
     folder = Path(out) if out is not None else _default_out(store, round_index, expression_id)
@@ -99,7 +101,10 @@ def build_report(run: str | Path, round_index: int, *, expression_id: str | None
             pictures.append(picture)
             sections.append(_expression_html(item, rows, picture, strip.shape))
         summary = storage.read_json(refine.outputs["summary"])
-        page = _page(store, config, round_index, summary, sections)
+        review = _review_queue(round_queue(store, config, round_index, REVIEW_SHOWN), staging, panel_height)
+        pictures += review.pictures
+        flips = flipped_shares(store, config, round_index)
+        page = _page(store, config, round_index, summary, [review.html, _flips(flips, round_index), *sections])
         (staging / INDEX_FILE).write_text(page, encoding="utf-8")
         write_json(staging / SUMMARY_FILE, {
             "run": store.run_dir, "round": round_index, "pictures": pictures,
@@ -113,22 +118,6 @@ def build_report(run: str | Path, round_index: int, *, expression_id: str | None
 
 
 # --- what to show -------------------------------------------------------------------------------------------
-
-
-def _marker(store: RunStore, stage: str):
-    marker = store.read_marker(stage)
-    if marker is None:
-        raise UserError(f"{stage} has not committed in {store.run_dir}; `prvos resume {store.run_dir}` finishes it")
-    return marker
-
-
-def _round_markers(store: RunStore, config: PrvosConfig, round_index: int):
-    if not config.pseudo_labels or config.rounds == 0:
-        raise UserError(f"{store.run_dir} has no pseudo-labeling rounds (rounds: {config.rounds}); nothing to inspect")
-    if not 0 <= round_index < config.rounds:
-        choice = "0" if config.rounds == 1 else f"from 0 to {config.rounds - 1}"
-        raise UserError(f"round {round_index} has no pseudo-labels in {store.run_dir}; pick --round {choice}")
-    return _marker(store, stage_name(INFER, round_index)), _marker(store, stage_name(REFINE, round_index))
 
 
 def _default_out(store: RunStore, round_index: int, expression_id: str | None) -> Path:
@@ -206,6 +195,7 @@ th { background: #f0f0f0; } td.text { text-align: left; }
 .strip { overflow-x: auto; } img { image-rendering: pixelated; }
 .side { display: flex; flex-wrap: wrap; gap: 2em; align-items: flex-start; } .side h2 { margin-top: 0; }
 section { margin-bottom: 2em; } .muted { color: #666; }
+.queue { display: flex; flex-wrap: wrap; gap: 1em; } figure { margin: 0; max-width: 260px; font-size: 0.85em; }
 """
 
 
@@ -278,6 +268,55 @@ def _expression_html(item: _Chosen, rows: list[FrameDecision], picture: str, sha
     )
 
 
+@dataclass(frozen=True)
+class _Section:
+    html: str
+    pictures: list[str]
+
+
+def _review_queue(queue: RoundQueue, staging: Path, panel_height: int) -> _Section:
+    """The round's review queue (`prvos review export` sends these first): each frame with the teacher's mask."""
+    cells, pictures = [], []
+    for number, item in enumerate(queue.items, start=1):
+        expression = queue.expressions[item.expression_id]
+        video = queue.manifest.video_of(expression)
+        frame = decode_frame(str(video.paths.frame_path(item.video_id, item.frame_id)))
+        mask = teacher_mask(queue.labels[item.expression_id], item, frame.shape[:2])
+        thumbnail = fit_frame(overlay_mask(frame, mask), panel_size(*frame.shape[:2], 2 * panel_height))
+        picture = f"{IMAGES}/review-{number:02d}.png"
+        write_png(staging / picture, thumbnail)
+        pictures.append(picture)
+        cells.append(
+            f'<figure><img src="{picture}" width="{thumbnail.shape[1]}" height="{thumbnail.shape[0]}" '
+            f'alt="review {number}"><figcaption>{number}. uncertainty <b>{item.score:.3f}</b><br>'
+            f"{html.escape(item.video_id)} / {html.escape(item.frame_id)}<br>{html.escape(expression.text)}"
+            "</figcaption></figure>"
+        )
+    body = "".join(cells) or "<p>No frame without ground truth.</p>"
+    return _Section(
+        f"<h2>Review queue</h2><p class=muted>The {len(queue.items)} of {queue.candidates} frames without ground "
+        "truth that people should correct first: mean entropy over the teacher's object, its border and its unsure"
+        " pixels (`prvos review export --by uncertainty`).</p>"
+        f'<div class="queue">{body}</div>',
+        pictures,
+    )
+
+
+def _flips(shares: dict[str, float], round_index: int) -> str:
+    if round_index == 0:
+        return ""
+    ranked = sorted(shares.items(), key=lambda pair: (-pair[1], pair[0]))
+    rows = [[expression_id, f"{share:.3f}"] for expression_id, share in ranked]
+    mean = float(np.mean(list(shares.values()))) if shares else 0.0
+    return (
+        f"<h2>Changed since round {round_index - 1}</h2><p class=muted>Share of each expression's pseudo-labelled"
+        f" pixels whose teacher label flipped (mean {mean:.3f}).</p>"
+        "<details><summary>per expression</summary>"
+        + _table(["expression", "flipped"], rows, text_columns=1)
+        + "</details>"
+    )
+
+
 def _page(store: RunStore, config: PrvosConfig, round_index: int, summary: dict, sections: list[str]) -> str:
     header, rows = round_rows(store, config)
     summary_rows = [[key, value] for key, value in sorted(summary.items())]
@@ -294,8 +333,9 @@ def _page(store: RunStore, config: PrvosConfig, round_index: int, summary: dict,
         + f"</div><div><h2>Refinement of round {round_index}</h2>"
         + _table(["metric", "value"], summary_rows, text_columns=1)
         + "</div></div>"
+        + "".join(sections[:2])
         + "<h2>Expressions</h2>"
         + _legend()
-        + "".join(sections)
+        + "".join(sections[2:])
         + "</body></html>\n"
     )

@@ -35,8 +35,9 @@ from pipelines.run_store import (
 from pipelines.runner import Result, StageOutcome, Verify, run_stage
 from prvos_core import storage
 from prvos_core.config import PrvosConfig
+from prvos_core.data.review_layer import layer_root, layers_fingerprint
 from prvos_core.data.source import locate, require_unlabelled_split
-from prvos_core.errors import ConfigError
+from prvos_core.errors import ConfigError, DataError
 from prvos_core.model.builders import input_size
 from stages import evaluate, frames, infer, ingest, refine, text, train
 
@@ -53,14 +54,25 @@ class PipelineReport:
 
 
 def ensure_dataset(config: PrvosConfig) -> None:
-    """Create the synthetic dataset at `data.root` when the config asks for one and it is absent; a local root
-    that is absent otherwise, or a local split of unlabelled videos that is absent, is the user's error, named
-    before any stage (or Ray) starts."""
-    if config.data.synth is None:
-        if storage.is_local(config.data.root):
-            locate(config.data.root)
-    elif not Path(config.data.root).exists():
-        _synthesize(config)
+    """Create the synthetic dataset at `data.root` when the config says so (`data.synth.create`, as `prvos demo`
+    does) and the folder is absent. Otherwise an absent local root, or an absent local split of unlabelled
+    videos, is the user's error, named before any stage (or Ray) starts: a mistyped root never becomes a
+    synthetic set, even in a config that holds synthesis parameters."""
+    data, synth = config.data, config.data.synth
+    local = storage.is_local(data.root)
+    if synth is not None and synth.create:
+        if not local:
+            raise ConfigError(f"data.synth.create writes a local folder, but data.root is {data.root}; synthesize "
+                              "locally and copy the set there, or drop data.synth.create")  # fmt: skip
+        if not Path(data.root).exists():
+            _synthesize(config)
+    elif synth is not None and local and not Path(data.root).exists():
+        raise DataError(
+            f"dataset root {data.root} not found; fix data.root, or set data.synth.create=true to write the "
+            "synthetic set there (as `prvos demo` does)"
+        )
+    if local:
+        locate(data.root)
     unlabelled_root = config.data.unlabelled_root or config.data.root
     if config.data.unlabelled_split and storage.is_local(unlabelled_root):
         require_unlabelled_split(locate(unlabelled_root)[0], config.data.unlabelled_split)
@@ -162,6 +174,12 @@ class _Context:
         # Unlabelled videos in another root: a change to its files re-runs ingest as one to data.root does.
         if data.unlabelled_split and data.unlabelled_root not in (None, data.root):
             inputs["unlabelled_dataset"] = dataset_fingerprint(data.unlabelled_root)
+        # Masks people corrected (`prvos review import`), beside the dataset: a new layer re-runs ingest.
+        review = None if "://" in str(data.root) else layer_root(data.root)
+        if review is not None and (reviewed := layers_fingerprint(review)) is not None:
+            inputs["review"] = reviewed
+        else:
+            review = None
 
         def work(folder: str) -> ingest.IngestResult:
             ingest_inputs = ingest.IngestInputs(
@@ -172,6 +190,7 @@ class _Context:
                 train_labels=data.train_labels,
                 unlabelled_split=data.unlabelled_split,
                 unlabelled_root=data.unlabelled_root,
+                review_root=None if review is None else str(review),
             )
             return ingest.run(ingest_inputs, self.config.ingest)
 

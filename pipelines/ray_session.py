@@ -87,9 +87,30 @@ def ensure_ray() -> None:
         ray.init(address=_pending.address, runtime_env=code_runtime_env(), **kwargs)
         _warn_unshared(_pending.shared_paths)
     else:
+        _configure_embedded_ray()
         runtime_env = {"worker_process_setup_hook": quiet_ray_train_logs}
         ray.init(num_cpus=_pending.num_cpus, include_dashboard=False, runtime_env=runtime_env, **kwargs)
     _pending.started = True
+
+
+def _configure_embedded_ray() -> None:
+    """Settings of an embedded Ray that would otherwise each print a warning on the console of every run; a value
+    the user set in the environment is kept.
+
+    - Token authentication, Ray's default for a new local cluster (the token in ~/.ray/auth_token), chosen
+      explicitly: left unset, Ray warns on every start that it enabled it. Ray's own helper sets RAY_AUTH_MODE
+      for this process and the ones it starts and reloads Ray's config, which read the environment at import.
+    - No Ray Train preemption watcher: it watches nodes being drained (spot instances going away), and this Ray
+      is one machine that nothing drains. Its actor is created with the worker handles as arguments and
+      max_restarts > 0, which makes Ray's core worker log an error line about restarting it (ray#53727).
+    """
+    if os.environ.get("RAY_ADDRESS"):
+        return  # ray.init() joins that cluster instead of starting one: these are the cluster's to choose
+    if "RAY_AUTH_MODE" not in os.environ:
+        from ray._private.authentication.authentication_token_setup import _enable_token_auth
+
+        _enable_token_auth()
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 
 def _warn_unshared(paths: Iterable[str]) -> None:

@@ -1,6 +1,7 @@
-"""A run for people, from its stages' commit markers: the stages table (`prvos status`), the round curve
-(`prvos demo`), and the rounds side by side as a table and a plot of the student's J&F and the pseudo-label
-precision and coverage each round's teacher produced (`prvos inspect`).
+"""A run for people, from its stages' commit markers: the stages table (`prvos status`), what a run did (`prvos
+run`), the round curve (`prvos demo`), and the rounds side by side as a table and a plot of the student's J&F and
+the pseudo-label precision and coverage each round's teacher produced (`prvos inspect`). `print_table` prints
+them with every row on one line, on a terminal of any width and in a file.
 
 Reads markers only: no torch, Ray or stage module is imported here (matplotlib only when a plot is drawn).
 """
@@ -8,8 +9,13 @@ Reads markers only: no torch, Ray or stage module is imported here (matplotlib o
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from rich.cells import cell_len
+from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 from pipelines.lock import lock_holder
@@ -27,6 +33,9 @@ from pipelines.run_store import (
     stage_plan,
 )
 from prvos_core.config import PrvosConfig, config_from_dict
+
+if TYPE_CHECKING:
+    from pipelines.runner import StageOutcome
 
 KEY_METRICS = {
     INGEST: ("videos", "expressions", "quarantined"),
@@ -83,6 +92,31 @@ def status_table(store: RunStore) -> Table:
             seconds, shown = "", []
         table.add_row("" if round_index is None else str(round_index), kind, state, seconds, ", ".join(shown))
     return table
+
+
+def run_table(store: RunStore, outcomes: Mapping[str, StageOutcome]) -> Table:
+    """What one `prvos run` did: each stage of the plan it reached, run or skipped, with its time."""
+    table = Table(title=f"run {store.run_id}  ({store.run_dir})")
+    for column in ("stage", "ran", "seconds"):
+        table.add_column(column)
+    for name, outcome in outcomes.items():
+        seconds = outcome.result.metrics.get("seconds")
+        ran = ("yes (repaired)" if outcome.repaired else "yes") if outcome.ran else "skipped (committed)"
+        table.add_row(name, ran, "" if seconds is None else f"{seconds:.1f}")
+    return table
+
+
+_UNBOUNDED = 100_000  # a console width no table reaches: measures a table's natural width
+
+
+def print_table(console: Console, table: Table) -> None:
+    """Print `table` with each row, and its title, on one line whatever the console's width (it sets the table's
+    width). Rich fits a table to the console, 80 columns when it writes to a file or a pipe, by wrapping cells
+    over several lines: rows of a log would no longer be one line each to read, grep or copy. A terminal
+    narrower than the table folds the long lines itself."""
+    content = Measurement.get(console, console.options.update_width(_UNBOUNDED), table).maximum
+    table.width = max(content, cell_len(str(table.title or "")))  # a title wider than the table would wrap
+    console.print(table, crop=False)
 
 
 def round_curve(store: RunStore) -> Table:

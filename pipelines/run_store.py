@@ -148,3 +148,23 @@ def open_run(uri: str) -> RunStore:
 
 def now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def committed_marker(store: RunStore, stage: str) -> StageMarker:
+    """A stage's commit marker; one line saying how to finish the run when the stage has not committed."""
+    marker = store.read_marker(stage)
+    if marker is None:
+        raise UserError(f"{stage} has not committed in {store.run_dir}; `prvos resume {store.run_dir}` finishes it")
+    return marker
+
+
+def round_markers(store: RunStore, config: PrvosConfig, round_index: int) -> tuple[StageMarker, StageMarker]:
+    """The infer and refine markers of a pseudo-labeling round, or one line saying which rounds there are."""
+    if not config.pseudo_labels or config.rounds == 0:
+        raise UserError(f"{store.run_dir} has no pseudo-labeling rounds (rounds: {config.rounds}); nothing to inspect")
+    if not 0 <= round_index < config.rounds:
+        choice = "0" if config.rounds == 1 else f"from 0 to {config.rounds - 1}"
+        raise UserError(f"round {round_index} has no pseudo-labels in {store.run_dir}; pick --round {choice}")
+    return committed_marker(store, stage_name(INFER, round_index)), committed_marker(
+        store, stage_name(REFINE, round_index)
+    )

@@ -7,6 +7,7 @@ suggestion of the closest known key.
 
 from __future__ import annotations
 
+import copy
 import difflib
 from collections.abc import Iterable
 from pathlib import Path
@@ -57,8 +58,10 @@ class RunSection(Section):
 
 
 class SynthSection(Section):
-    """Parameters of `prvos data synth`, used to create the dataset when `data.root` does not exist yet."""
+    """Parameters of `prvos data synth`, for a synthetic dataset at `data.root`: written there only when `create`
+    is true and the folder is absent (`prvos demo` sets it), so a mistyped root is an error, not a new dataset."""
 
+    create: bool = False  # true: write the set at data.root when that folder is absent
     videos: int = Field(8, gt=0)  # train videos
     valid_videos: int | None = Field(None, gt=0)  # None: max(1, videos // 4)
     frames: int = Field(20, ge=2)  # frames per video
@@ -93,7 +96,7 @@ class DataSection(Section):
     root: str  # dataset root in the Ref-YouTube-VOS layout, or a merged new_<split>.json file
     train_split: str = "train"
     valid_split: str = "valid"
-    synth: SynthSection | None = None  # set: generate a synthetic dataset at `root` if it is absent
+    synth: SynthSection | None = None  # how to synthesize a dataset at `root` (written only with synth.create)
     # Which ground-truth masks of the train split training (and the teacher) may use: "provided" (all there
     # are), "first" (each expression's first annotated frame: the semi-supervised protocol of Ref-DAVIS17) or
     # "every:K" (frames at positions 0, K, 2K, ... of the video). Hidden masks only score pseudo-labels.
@@ -328,7 +331,7 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> PrvosConfig:
 
 def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
     """Return a copy of `raw` with each `a.b.c=value` set (the value parsed as YAML: 3 -> int, x -> str)."""
-    result = _deep_copy(raw)
+    result = copy.deepcopy(raw)
     for override in overrides:
         key, sep, text = override.partition("=")
         if not sep or not key.strip():
@@ -389,11 +392,3 @@ def _suggestion(location: tuple) -> str:
         return f" (replaced by {renamed})"  # a key of older configs
     close = difflib.get_close_matches(str(location[-1]), names, n=1)
     return f" (did you mean '{prefix + '.' if prefix else ''}{close[0]}'?)" if close else " (remove it)"
-
-
-def _deep_copy(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: _deep_copy(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_deep_copy(item) for item in value]
-    return value

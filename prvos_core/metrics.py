@@ -18,14 +18,15 @@ with published ones:
 
 The toolkit's optional rescaling of the boundary map to another width and height is left out: its evaluation
 never uses it. On top of the per-frame measures: a per-expression summary (`evaluate_expression`), the
-benchmark table over expressions (`summarize`: J, F, J&F, P@0.5..0.9) and the overall IoU (cumulative
-intersection over cumulative union, from masks or from per-expression counts).
+benchmark table over expressions (`summarize`: J, F, J&F, P@0.5..0.9), the table of each group of expressions and
+the mean over groups (`summarize_groups`: Ref-DAVIS17's annotators) and the overall IoU (cumulative intersection
+over cumulative union, from masks or from per-expression counts).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from typing import TypedDict
 
 import cv2
@@ -180,6 +181,27 @@ def summarize(
     for threshold in thresholds:
         table[f"P@{threshold:g}"] = float(np.mean(j_values >= threshold))
     return table
+
+
+def summarize_groups(
+    groups: Sequence[Hashable],
+    per_expression_J: Sequence[float],
+    per_expression_F: Sequence[float],
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+) -> tuple[dict[Hashable, dict[str, float]], dict[str, float]]:
+    """The benchmark table (`summarize`) of each group of expressions, and the mean of each entry over the groups.
+
+    groups: each expression's group, e.g. the Ref-DAVIS17 annotator who wrote it (the community protocol scores
+    each annotator's expressions and reports their mean). Returns ({group: table}, mean table), groups sorted.
+    """
+    if not len(groups) == len(per_expression_J) == len(per_expression_F):
+        raise ValueError(f"summarize_groups needs one group, J and F per expression, got {len(groups)} groups")
+    tables = {}
+    for group in sorted(set(groups)):
+        own = [index for index, value in enumerate(groups) if value == group]
+        tables[group] = summarize([per_expression_J[i] for i in own], [per_expression_F[i] for i in own], thresholds)
+    keys = next(iter(tables.values())).keys() if tables else ()
+    return tables, {key: float(np.mean([table[key] for table in tables.values()])) for key in keys}
 
 
 def overall_iou(gt_stack: Iterable[np.ndarray], pred_stack: Iterable[np.ndarray]) -> float:

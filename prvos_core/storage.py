@@ -3,10 +3,12 @@
 Paths are URIs (a plain local path is a URI too) resolved through fsspec; credentials and endpoints come from
 the environment as the AWS tools read them, never from configs. Writes are atomic where the backend allows:
 a local file is written under a temporary name and renamed; an object store publishes an object whole on put.
+Datasets are read through the same layer: `dataset_path` gives the pathlib-style path the dataset layout joins.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -24,7 +26,9 @@ from typing import Any
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+from botocore.exceptions import EndpointConnectionError, NoCredentialsError, PartialCredentialsError
 from fsspec.implementations.local import LocalFileSystem
+from upath import UPath
 
 from prvos_core.errors import StorageError, first_line
 
@@ -76,6 +80,54 @@ def is_local(uri: str) -> bool:
     return isinstance(filesystem(uri)[0], LocalFileSystem)
 
 
+def dataset_path(uri: str | os.PathLike) -> Path | UPath:
+    """A dataset file or folder as a path: `pathlib.Path` for a local path, a `UPath` (pathlib's API over fsspec)
+    for a URI such as s3://bucket/dataset, so the layout's `/`, `is_file()` and `read_bytes()` read an object store
+    as they read a folder. Opens nothing."""
+    if isinstance(uri, (Path, UPath)):
+        return uri
+    return UPath(str(uri)) if "://" in str(uri) else Path(uri)
+
+
+_CREDENTIALS_FIX = (
+    "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE (a profile in ~/.aws/credentials), or give "
+    "the machine an IAM role, on the driver and on every Ray node (and AWS_ENDPOINT_URL for an S3-compatible "
+    "server other than AWS)"
+)
+
+
+def _bucket(uri: str) -> str:
+    scheme, _, rest = str(uri).partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0]}"
+
+
+@contextmanager
+def remote_access(uri: str) -> Iterator[None]:
+    """Turns botocore's "no credentials" and "cannot connect" errors, which fsspec passes on untranslated, into a
+    StorageError naming the bucket and the fix."""
+    try:
+        yield
+    except (NoCredentialsError, PartialCredentialsError):
+        raise StorageError(f"{_bucket(uri)}: no AWS credentials found; {_CREDENTIALS_FIX}") from None
+    except EndpointConnectionError as error:
+        raise StorageError(
+            f"{_bucket(uri)}: cannot connect to {error.kwargs.get('endpoint_url')}; check AWS_ENDPOINT_URL and the network"
+        ) from None
+
+
+def require_access(uri: str) -> None:
+    """StorageError naming the bucket and the fix when the object store behind `uri` refuses the credentials at
+    hand or finds none; nothing for a local path or a reachable URI, whether `uri` exists or not."""
+    if is_local(uri):
+        return
+    fs, path = filesystem(uri)
+    try:
+        with remote_access(uri):
+            fs.exists(path)
+    except PermissionError:
+        raise StorageError(f"{_bucket(uri)}: access denied to the credentials in use; {_CREDENTIALS_FIX}") from None
+
+
 def arrow_filesystem(uri: str):
     """(pyarrow filesystem, path) over the fsspec filesystem of a remote `uri`, for libraries that write
     through pyarrow (Ray Train's checkpoints): the same S3 client settings as everything else, and no empty
@@ -96,13 +148,15 @@ def join(base: str, *parts: str) -> str:
 
 def exists(uri: str) -> bool:
     fs, path = filesystem(uri)
-    return fs.exists(path)
+    with remote_access(uri):
+        return fs.exists(path)
 
 
 def makedirs(uri: str) -> None:
     fs, path = filesystem(uri)
     try:
-        fs.makedirs(path, exist_ok=True)
+        with remote_access(uri):
+            fs.makedirs(path, exist_ok=True)
     except PermissionError:
         raise StorageError(f"{uri}: permission denied creating the folder; choose a writable run.root") from None
     except OSError as error:
@@ -112,19 +166,19 @@ def makedirs(uri: str) -> None:
 def listdir(uri: str) -> list[str]:
     """Names (not paths) directly under `uri`; empty when it does not exist."""
     fs, path = filesystem(uri)
-    if not fs.exists(path):
-        return []
+    with remote_access(uri):
+        if not fs.exists(path):
+            return []
+        entries = fs.ls(path, detail=False)
     # An object store may list the folder's own "<folder>/" marker object (tools such as pyarrow write them).
     own = path.rstrip("/")
-    return sorted(
-        posixpath.basename(entry.rstrip("/")) for entry in fs.ls(path, detail=False) if entry.rstrip("/") != own
-    )
+    return sorted(posixpath.basename(entry.rstrip("/")) for entry in entries if entry.rstrip("/") != own)
 
 
 def read_bytes(uri: str) -> bytes:
     fs, path = filesystem(uri)
     try:
-        with fs.open(path, "rb") as handle:
+        with remote_access(uri), fs.open(path, "rb") as handle:
             return handle.read()
     except FileNotFoundError:
         raise StorageError(f"{uri}: not found") from None
@@ -150,7 +204,7 @@ def write_bytes(uri: str, data: bytes) -> None:
                 if os.path.exists(temporary):
                     os.unlink(temporary)
         else:
-            with fs.open(path, "wb") as handle:
+            with remote_access(uri), fs.open(path, "wb") as handle:
                 handle.write(data)
     except PermissionError:
         raise StorageError(f"{uri}: permission denied writing; choose a writable location") from None
@@ -180,7 +234,8 @@ def write_parquet(uri: str, table: pa.Table) -> None:
 def read_parquet(uri: str) -> pa.Table:
     fs, path = filesystem(uri)
     try:
-        return pq.read_table(path, filesystem=fs)
+        with remote_access(uri):
+            return pq.read_table(path, filesystem=fs)
     except FileNotFoundError:
         raise StorageError(f"{uri}: not found; run the stage that writes it first") from None
     except (pa.ArrowInvalid, OSError) as error:  # a damaged page surfaces as OSError ("Couldn't deserialize")
@@ -191,8 +246,23 @@ def read_parquet(uri: str) -> pa.Table:
 def remove(uri: str) -> None:
     """Remove a file or a folder tree; missing is fine."""
     fs, path = filesystem(uri)
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
+    with remote_access(uri):
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+
+
+def listing_digest(uri: str) -> str:
+    """Hash of the listing (key, size, ETag) of every object under the folder `uri`, or under the folder of the
+    file `uri`: an object store dataset's fingerprint, from listings alone (one request per 1,000 objects)."""
+    fs, path = filesystem(uri)
+    with remote_access(uri):
+        folder = posixpath.dirname(path) if fs.isfile(path) else path
+        found = fs.find(folder, detail=True)
+    digest = hashlib.sha256()
+    for name in sorted(found):
+        info = found[name]
+        digest.update(f"{posixpath.relpath(name, folder)}:{info.get('size')}:{info.get('ETag')}\n".encode())
+    return digest.hexdigest()[:20]
 
 
 def disk_bytes(uri: str) -> int:

@@ -5,8 +5,8 @@ upsampled to the original frame size and thresholded at 0.5.
 
 With ground truth: per-expression J, F, J&F over the expression's annotated frames (DAVIS-2017 definitions) in
 a Parquet table, and the overall J, F, JF, P0.5..P0.9 and overall IoU (cumulative intersection over union,
-accumulated from per-expression counts); with Ref-DAVIS17 annotator tags, also J, F, JF per annotator and
-their mean. Metric names keep to what MLflow accepts ("J&F" -> "JF", "P@0.5" -> "P0.5").
+accumulated from per-expression counts); with Ref-DAVIS17 annotator tags, also J, F, JF and P0.5..P0.9 per
+annotator and their mean. Metric names keep to what MLflow accepts ("J&F" -> "JF", "P@0.5" -> "P0.5").
 Without ground truth (Ref-YouTube-VOS valid): the submission zip, `Annotations/<video>/<exp_key>/<frame>.png`
 (single-channel 0/255 masks at the original size, every frame of every expression).
 """
@@ -33,7 +33,7 @@ from prvos_core.data.frames import read_object_mask
 from prvos_core.data.manifest import Expression, Video
 from prvos_core.inference.predict import VideoFrames, check_prediction_inputs, upsample_prob
 from prvos_core.labels import binary_mask
-from prvos_core.metrics import cumulative_iou, evaluate_expression, iou_counts, summarize
+from prvos_core.metrics import cumulative_iou, evaluate_expression, iou_counts, summarize, summarize_groups
 from stages._ray import ModelInputs, PredictorActor, run_pool, work_units, write_placement
 from stages.result import StageResult, measures, output
 
@@ -70,7 +70,8 @@ class EvaluateResult(StageResult):
     metrics_file: str | None = output("metrics", default=None)  # METRICS_FILE: the scores and counts below
     placement: str | None = output(default=None)
     submission: str | None = output(default=None)  # SUBMISSION_FILE
-    # J, F, JF, P0.5..P0.9, overall_iou; J/F/JF_annotator<a> and _annotator_mean with annotator tags.
+    # J, F, JF, P0.5..P0.9, overall_iou; with annotator tags the same (but overall_iou) as <name>_annotator<a>
+    # and <name>_annotator_mean.
     scores: dict[str, float] = measures()
     expressions: int
     unscored: int | None = None  # expressions without an annotated frame (scored runs only)
@@ -116,24 +117,24 @@ def run(inputs: EvaluateInputs, cfg: EvaluateSection) -> EvaluateResult:
 
 
 def overall_metrics(rows: list[tuple[Expression, dict]]) -> dict[str, float]:
-    """J, F, JF, P0.5..P0.9 and overall IoU over the scored expressions; per annotator and the mean over
-    annotators when the expressions are tagged (Ref-DAVIS17)."""
-    metrics = _table([score for _, score in rows])
+    """J, F, JF, P0.5..P0.9 and overall IoU over the scored expressions; with Ref-DAVIS17's annotator tags, J, F,
+    JF and P0.5..P0.9 of each annotator's expressions (`<name>_annotator<a>`) and their mean
+    (`<name>_annotator_mean`), the community protocol."""
+    metrics = _mlflow_names(summarize([s["J"] for _, s in rows], [s["F"] for _, s in rows]))
     metrics["overall_iou"] = cumulative_iou([s["intersection"] for _, s in rows], [s["union"] for _, s in rows])
-    annotators = sorted({e.annotator for e, _ in rows if e.annotator is not None})
-    for annotator in annotators:
-        own = _table([score for e, score in rows if e.annotator == annotator])
-        for key in ("J", "F", "JF"):
-            metrics[f"{key}_annotator{annotator}"] = own[key]
-    if annotators:
-        for key in ("J", "F", "JF"):
-            metrics[f"{key}_annotator_mean"] = float(np.mean([metrics[f"{key}_annotator{a}"] for a in annotators]))
+    tagged = [(e.annotator, score) for e, score in rows if e.annotator is not None]
+    if tagged:
+        groups, mean = summarize_groups(
+            [a for a, _ in tagged], [s["J"] for _, s in tagged], [s["F"] for _, s in tagged]
+        )
+        for annotator, table in groups.items():
+            metrics.update({f"{key}_annotator{annotator}": value for key, value in _mlflow_names(table).items()})
+        metrics.update({f"{key}_annotator_mean": value for key, value in _mlflow_names(mean).items()})
     return metrics
 
 
-def _table(scores: list[dict]) -> dict[str, float]:
-    """prvos_core.metrics.summarize with MLflow-safe names."""
-    table = summarize([s["J"] for s in scores], [s["F"] for s in scores])
+def _mlflow_names(table: dict[str, float]) -> dict[str, float]:
+    """A prvos_core.metrics table with MLflow-safe names ("J&F" -> "JF", "P@0.5" -> "P0.5")."""
     return {key.replace("J&F", "JF").replace("P@", "P"): float(value) for key, value in table.items()}
 
 

@@ -19,6 +19,7 @@ from prvos_core.config import IngestSection
 from prvos_core.data import manifest as manifest_io
 from prvos_core.data.file_checks import FileReport, check_files
 from prvos_core.data.regimes import apply_label_regime
+from prvos_core.data.review_layer import apply_corrections
 from prvos_core.data.source import (
     RawVideo,
     SplitSource,
@@ -44,6 +45,7 @@ class IngestInputs:
     train_labels: str = "provided"  # data.train_labels: provided, first or every:K
     unlabelled_split: str | None = None  # data.unlabelled_split: a split of train videos whose masks are not read
     unlabelled_root: str | None = None  # the dataset root holding it (None: dataset_root)
+    review_root: str | None = None  # the dataset's review layers (prvos_core.data.review_layer), None: none
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,6 +67,7 @@ class IngestResult(StageResult):
     splits: int
     unlabelled_videos: int = 0  # train videos from data.unlabelled_split (no masks read)
     hidden_frames: int = 0  # ground-truth frames (over expressions) that the label regime hid from training
+    reviewed_frames: int = 0  # ground-truth frames (over expressions) that come from review layers
 
     @property
     def manifest_dir(self) -> str:
@@ -92,6 +95,8 @@ def run(inputs: IngestInputs, cfg: IngestSection) -> IngestResult:
     check_seconds = time.perf_counter() - checks_started
     manifest = assemble(videos, reports, cfg.max_text_chars)
     manifest = apply_label_regime(manifest, inputs.train_labels, inputs.train_split)
+    if inputs.review_root is not None:  # corrections people made count as ground truth, whatever the regime hid
+        manifest = apply_corrections(manifest, inputs.review_root, inputs.train_split)
     tables = manifest_io.write_manifest(inputs.out_dir, manifest)
     seconds = time.perf_counter() - started
     frames = sum(1 for c in checks if c.kind == "frame")
@@ -110,6 +115,7 @@ def run(inputs: IngestInputs, cfg: IngestSection) -> IngestResult:
         splits=len(present),
         unlabelled_videos=sum(not video.labelled for video in manifest.videos),
         hidden_frames=sum(len(expression.hidden_frames) for expression in manifest.expressions),
+        reviewed_frames=sum(len(expression.reviewed_frames) for expression in manifest.expressions),
     )
 
 

@@ -55,7 +55,8 @@ CORE = "prvos_core"
 GROUND = ""  # the ground floor: prvos_core/*.py
 
 # Which folders each folder of prvos_core may import, from ../shared/DESIGN.md ("Layout inside prvos_core"):
-# the package reads data/ -> text/ -> model/ -> inference/ -> pseudo/, with datasets/ and viz/ beside them.
+# the package reads data/ -> text/ -> model/ -> inference/ -> pseudo/ -> review/ (people correct the teacher's
+# least certain frames), with datasets/ and viz/ beside them.
 # A module may always import its own folder; the ground floor imports no folder.
 ALLOWED_ARROWS: dict[str, set[str]] = {
     GROUND: set(),
@@ -66,6 +67,7 @@ ALLOWED_ARROWS: dict[str, set[str]] = {
     "pseudo": {GROUND},
     "datasets": {GROUND, "data"},
     "viz": {GROUND, "data", "pseudo"},
+    "review": {GROUND, "data", "pseudo"},
 }
 # Single arrows against the table that DESIGN.md names, each with its reason.
 ALLOWED_EXCEPTIONS: set[tuple[str, str]] = {

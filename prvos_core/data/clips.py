@@ -22,9 +22,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from prvos_core.data.frame_store import FrameReader
-from prvos_core.data.frames import Box, load_frame, read_object_mask, resize_map
+from prvos_core.data.frames import Box, load_frame, resize_map
 from prvos_core.data.manifest import Expression, Manifest, Video
-from prvos_core.data.object_masks import ANNOTATIONS, dense_frames, mask_path
+from prvos_core.data.object_masks import ANNOTATIONS, dense_frames, ground_truth_mask
 from prvos_core.labels import IGNORE_LABEL
 from prvos_core.pseudo.store import chosen_pseudo_frames, open_store, read_refined
 
@@ -177,8 +177,8 @@ class ClipDataset(Dataset):
                 frames[t] = load_frame(str(paths.frame_path(video.video_id, frame_id)), size, box,
                                        (video.height, video.width))  # fmt: skip
             if frame_id in gt:
-                mask_uri = str(mask_path(video, source.gt_folder, frame_id))
-                labels[t] = resize_map(read_object_mask(mask_uri, source.expression.object_id), size, box)
+                mask = ground_truth_mask(source.expression, video, frame_id, source.gt_folder)
+                labels[t] = resize_map(mask, size, box)
                 weights[t] = 1.0
             elif frame_id in refined:
                 label, weight = refined[frame_id]

@@ -26,7 +26,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from prvos_core import storage
-from prvos_core.data.frames import FULL, Box, load_frame, resize_frame
+from prvos_core.data.frames import FULL, Box, decode_jpeg, decode_reduction, resize_frame
 from prvos_core.data.manifest import Video
 from prvos_core.errors import StorageError
 
@@ -52,15 +52,17 @@ def _key(video: Video) -> str:
 
 
 def decode_video(video: Video, size: tuple[int, int]) -> tuple[np.ndarray, int]:
-    """Every frame of `video` at `size` -> ((T, H, W, 3) uint8 RGB, bytes of its JPEGs read)."""
+    """Every frame of `video` at `size` -> ((T, H, W, 3) uint8 RGB, bytes of its JPEGs read), as `load_frame`
+    gives them; one read per JPEG (on an object store, one GET and no size query)."""
     paths = video.paths
+    reduce = decode_reduction((video.height, video.width), size)
     frames = np.empty((video.n_frames, *size, 3), np.uint8)
     jpeg_bytes = 0
     for t, frame_id in enumerate(video.frame_ids):
         uri = str(paths.frame_path(video.video_id, frame_id))
-        frames[t] = load_frame(uri, size, FULL, (video.height, video.width)).transpose(1, 2, 0)
-        fs, path = storage.filesystem(uri)
-        jpeg_bytes += fs.size(path)
+        data = storage.read_bytes(uri)
+        frames[t] = resize_frame(decode_jpeg(data, uri, reduce), size).transpose(1, 2, 0)
+        jpeg_bytes += len(data)
     return frames, jpeg_bytes
 
 

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from prvos_core import storage
+from prvos_core.data.layout import target_objects
 from prvos_core.data.masks import read_mask
 from prvos_core.errors import DataError
 
@@ -45,7 +46,11 @@ _REDUCED_DECODE = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IM
 def decode_frame(uri: str, reduce: int = 1) -> np.ndarray:
     """A JPEG as an (H, W, 3) uint8 RGB array, or (ceil(H / reduce), ceil(W / reduce), 3) for reduce 2, 4 or 8;
     DataError naming the file if it does not decode."""
-    data = storage.read_bytes(uri)
+    return decode_jpeg(storage.read_bytes(uri), uri, reduce)
+
+
+def decode_jpeg(data: bytes, uri: str, reduce: int = 1) -> np.ndarray:
+    """`decode_frame` of the bytes `data` already read from `uri`."""
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), _REDUCED_DECODE[reduce])
     if image is None:
         raise DataError(f"{uri}: cannot decode the frame; re-run ingest to quarantine it")
@@ -89,9 +94,10 @@ def resize_map(values: np.ndarray, size: tuple[int, int], box: Box = FULL) -> np
 
 
 def read_object_mask(uri: str, object_id: str) -> np.ndarray:
-    """The (H, W) uint8 0/1 mask of one object from an id-valued palette PNG."""
+    """The (H, W) uint8 0/1 mask of one object (or of the union of several, '1-3': layout.target_objects) from an
+    id-valued palette PNG."""
     try:
         ids = read_mask(io.BytesIO(storage.read_bytes(uri)))
     except (OSError, ValueError) as error:
         raise DataError(f"{uri}: cannot read the mask ({error}); re-run ingest to quarantine it") from None
-    return (ids == int(object_id)).astype(np.uint8)
+    return np.isin(ids, [int(part) for part in target_objects(object_id)]).astype(np.uint8)

@@ -7,6 +7,8 @@
 <root>/meta_expressions/<split>/meta_expressions.json {videos: {vid: {expressions: {key: {exp, obj_id?}}, frames}}}
 <root>/new_<split>.json                               merged: see prvos_core.datasets.merge_json
 ```
+An expression may refer to several objects (MeViS): its `obj_id` is then a list, and its object id the numbers
+joined by '-' (`target_id`); its target is the union of their masks.
 Every reader raises `DataError` naming the file and the fix; JSON text that is not UTF-8 is read with
 surrogate escapes so one bad expression can be quarantined instead of failing the whole file.
 """
@@ -14,10 +16,12 @@ surrogate escapes so one bad expression can be quarantined instead of failing th
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prvos_core import storage
 from prvos_core.errors import DataError
 
 
@@ -70,7 +74,7 @@ def read_json(path: str | Path) -> Any:
     Bytes that are not UTF-8 come through as surrogate escapes (see `has_bad_text`), so the caller can
     quarantine just the affected strings.
     """
-    path = Path(path)
+    path = storage.dataset_path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found; check the dataset root and split name")
     try:
@@ -105,3 +109,19 @@ def require_mapping(value: Any, where: str, path: Path) -> dict:
     if not isinstance(value, dict):
         raise DataError(f"{path}: {where} must be a JSON object, got {type(value).__name__}; fix the file")
     return value
+
+
+TARGET_SEPARATOR = "-"  # '+' would read better, but object ids go into file names (prvos_core.storage.id_problem)
+
+
+def target_id(object_numbers: Iterable[int]) -> str:
+    """The object id of an expression that refers to the objects `object_numbers`: sorted, without repeats,
+    joined by '-' ([3, 1] -> '1-3'); one object keeps its plain number ('3')."""
+    return TARGET_SEPARATOR.join(str(number) for number in sorted(set(object_numbers)))
+
+
+def target_objects(object_id: str) -> tuple[str, ...] | None:
+    """The objects an object id names, as their meta.json keys ('1-3' -> ('1', '3'), '3' -> ('3',)); None when a
+    part is not a number (mask pixel values are object ids)."""
+    parts = tuple(object_id.split(TARGET_SEPARATOR))
+    return parts if all(part.isdigit() for part in parts) else None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 from functools import cached_property
-from pathlib import Path
 
 import pyarrow as pa
 
@@ -43,7 +42,7 @@ class Video:
     @property
     def paths(self) -> SplitPaths:
         """Where the video's frames and masks are (its split folder of its dataset root)."""
-        return SplitPaths(Path(self.dataset_root), self.folder or self.split)
+        return SplitPaths(storage.dataset_path(self.dataset_root), self.folder or self.split)
 
 
 @dataclass(frozen=True)
@@ -62,6 +61,10 @@ class Expression:
     # Frames with a usable mask of this object that the label regime (`data.train_labels`) hides from training
     # and from the teacher; read only to score pseudo-labels.
     hidden_frames: tuple[str, ...] = ()
+    # Ground-truth frames whose mask a person corrected (prvos_core.data.review_layer), and each one's mask file
+    # (a palette PNG, object = review_layer.MASK_VALUE); they are in gt_frames too.
+    reviewed_frames: tuple[str, ...] = ()
+    reviewed_masks: tuple[str, ...] = ()
 
     @property
     def variant(self) -> str:
@@ -107,6 +110,8 @@ EXPRESSIONS_SCHEMA = pa.schema(
         ("annotator", pa.int8()),
         ("kind", pa.string()),
         ("hidden_frames", _strings),
+        ("reviewed_frames", _strings),
+        ("reviewed_masks", _strings),
     ]
 )
 

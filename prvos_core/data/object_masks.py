@@ -18,6 +18,7 @@ import numpy as np
 
 from prvos_core.data.frames import read_object_mask, resize_map
 from prvos_core.data.manifest import Expression, Video
+from prvos_core.data.review_layer import MASK_VALUE
 
 ANNOTATIONS = "Annotations"
 FULL_ANNOTATIONS = "full_annotations"
@@ -46,6 +47,8 @@ def dense_frames(expression: Expression, video: Video) -> tuple[tuple[str, ...],
 def frame_mask(expression: Expression, video: Video, frame: str) -> np.ndarray | None:
     """The expression's object on one frame at the frame's own size, for people to look at: its GT mask, else its
     dense mask (`dense_frames`), else None (no mask of that frame exists)."""
+    if frame in expression.reviewed_frames:
+        return ground_truth_mask(expression, video, frame)
     if not expression.object_id:
         return None
     if frame in expression.gt_frames:
@@ -54,6 +57,14 @@ def frame_mask(expression: Expression, video: Video, frame: str) -> np.ndarray |
         frames, folder = dense_frames(expression, video)
         if frame not in frames:
             return None
+    return read_object_mask(str(mask_path(video, folder, frame)), expression.object_id)
+
+
+def ground_truth_mask(expression: Expression, video: Video, frame: str, folder: str = ANNOTATIONS) -> np.ndarray:
+    """The (H, W) 0/1 mask of the expression's object on one of its ground-truth frames: a person's correction
+    (a review layer) where there is one, else the dataset's mask in `folder`."""
+    if frame in expression.reviewed_frames:
+        return read_object_mask(expression.reviewed_masks[expression.reviewed_frames.index(frame)], str(MASK_VALUE))
     return read_object_mask(str(mask_path(video, folder, frame)), expression.object_id)
 
 
@@ -78,7 +89,4 @@ def _object_masks(
 ) -> dict[int, np.ndarray]:
     """Frame index -> the expression's object on that frame, resized (nearest) to `size` (height, width)."""
     position = {frame: t for t, frame in enumerate(video.frame_ids)}
-    return {
-        position[frame]: resize_map(read_object_mask(str(mask_path(video, folder, frame)), expression.object_id), size)
-        for frame in frames
-    }
+    return {position[frame]: resize_map(ground_truth_mask(expression, video, frame, folder), size) for frame in frames}

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from prvos_core import storage
-from prvos_core.data.layout import SplitPaths, read_json
+from prvos_core.data.layout import SplitPaths, read_json, target_id
 from prvos_core.data.manifest import QuarantineRow
 from prvos_core.errors import DataError
 from prvos_core.storage import id_problem
@@ -52,7 +52,8 @@ class SplitSource:
 
 def locate(root: str | Path) -> tuple[Path, str | None]:
     """Resolve `data.root`: a dataset folder, or a merged `new_<split>.json` (returns its folder and split)."""
-    path = Path(root)
+    storage.require_access(str(root))
+    path = storage.dataset_path(root)
     if path.is_file() and path.name.startswith("new_") and path.suffix == ".json":
         return path.parent, path.stem.removeprefix("new_")
     if not path.is_dir():
@@ -61,17 +62,23 @@ def locate(root: str | Path) -> tuple[Path, str | None]:
 
 
 def split_exists(root: str | Path, split: str) -> bool:
-    paths = SplitPaths(Path(root), split)
+    paths = SplitPaths(storage.dataset_path(root), split)
     return paths.merged.is_file() or paths.meta_expressions.is_file()
 
 
 def read_split(root: str | Path, split: str) -> SplitSource:
     """Raw records of one split, from `new_<split>.json` when it is there, else from the layout's JSON files."""
-    paths = SplitPaths(Path(root), split)
+    paths = SplitPaths(storage.dataset_path(root), split)
     if paths.merged.is_file():
         return _from_merged(paths)
     if paths.meta_expressions.is_file():
         return _from_layout(paths)
+    if (paths.split_dir / "meta_expressions.json").is_file():
+        # MeViS keeps its masks as COCO RLE in one JSON per split, which no mask reader here reads.
+        raise DataError(
+            f"split {split!r} of {root} is in the MeViS layout ({split}/meta_expressions.json); convert it once "
+            f"with `prvos data convert-mevis {root} --out DIR` and use DIR as the dataset root"
+        )
     raise DataError(
         f"split {split!r} of {root}: neither {paths.meta_expressions} nor {paths.merged} exists; "
         "check data.root and the split names"
@@ -87,7 +94,7 @@ def read_unlabelled_split(root: str | Path, split: str) -> SplitSource:
 def require_unlabelled_split(root: str | Path, split: str) -> None:
     """A missing split of unlabelled videos is the user's error: DataError naming the files and the settings."""
     if not split_exists(root, split):
-        paths = SplitPaths(Path(root), split)
+        paths = SplitPaths(storage.dataset_path(root), split)
         raise DataError(
             f"data.unlabelled_split {split!r} of {root}: neither {paths.meta_expressions} nor {paths.merged} "
             "exists; check data.unlabelled_split and data.unlabelled_root"
@@ -128,7 +135,7 @@ def _from_layout(paths: SplitPaths) -> SplitSource:
             raw_expressions.append(
                 RawExpression(
                     str(key),
-                    str(item.get("obj_id", "")),
+                    _object_id(item.get("obj_id", "")),
                     item["exp"],
                     annotator if isinstance(annotator, int) else None,
                     item.get("kind") if isinstance(item.get("kind"), str) else None,
@@ -137,6 +144,14 @@ def _from_layout(paths: SplitPaths) -> SplitSource:
         objects = None if objects_by_video is None else objects_by_video.get(video_id, {})
         videos.append(_video(video_id, entry.get("frames"), objects, raw_expressions, source, quarantine))
     return _split_source(paths, source, videos, quarantine)
+
+
+def _object_id(value: Any) -> str:
+    """`obj_id` as the expression's object id; a list of object numbers (an expression that refers to several
+    objects, as MeViS's do) as their `target_id`."""
+    if isinstance(value, list) and all(type(v) is int or (isinstance(v, str) and v.isdigit()) for v in value):
+        return target_id(int(v) for v in value)
+    return str(value)
 
 
 def _from_merged(paths: SplitPaths) -> SplitSource:
@@ -202,7 +217,7 @@ def _split_source(
 
 def files_on_disk(root: str, split: str, video_id: str) -> tuple[list[str], list[str]]:
     """Frame ids of the JPEGs and of the mask PNGs found on disk for one video (sorted)."""
-    paths = SplitPaths(Path(root), split)
+    paths = SplitPaths(storage.dataset_path(root), split)
     jpegs = [n[:-4] for n in storage.listdir(str(paths.images / video_id)) if n.endswith(".jpg")]
     pngs = [n[:-4] for n in storage.listdir(str(paths.annotations / video_id)) if n.endswith(".png")]
     return jpegs, pngs

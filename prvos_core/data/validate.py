@@ -21,14 +21,13 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from prvos_core.data.file_checks import FileCheck, FileReport
 from prvos_core.data.ids import expression_id
-from prvos_core.data.layout import SplitPaths, has_bad_text
+from prvos_core.data.layout import SplitPaths, has_bad_text, target_objects
 from prvos_core.data.manifest import Expression, Manifest, QuarantineRow, Video
 from prvos_core.data.source import RawVideo, SplitSource
-from prvos_core.storage import id_problem
+from prvos_core.storage import dataset_path, id_problem
 
 
 @dataclass(frozen=True)
@@ -55,7 +54,7 @@ class VideoFiles:
     @property
     def paths(self) -> SplitPaths:
         """Where its files are: the folder of the split it was read from."""
-        return SplitPaths(Path(self.split_source.dataset_root), self.split_source.split)
+        return SplitPaths(dataset_path(self.split_source.dataset_root), self.split_source.split)
 
     def frame_uri(self, frame_id: str) -> str:
         return str(self.paths.frame_path(self.video.video_id, frame_id))
@@ -258,19 +257,22 @@ def _object_problem(object_id: str, objects: dict | None, mask_ids: dict[str, se
         return None
     if problem := id_problem(object_id):
         return f"unsafe object id: {problem}"
-    if not object_id.isdigit():
-        return f"object id {object_id!r} is not a number (mask pixel values are object ids)"
-    if objects is not None and object_id not in objects:
-        return f"object {object_id} is not in meta.json for this video"
-    if mask_ids and not any(int(object_id) in ids for ids in mask_ids.values()):
-        return f"object {object_id} appears in no usable mask of this video"
+    parts = target_objects(object_id)
+    if parts is None:
+        return f"object id {object_id!r} is not a number, nor numbers joined by '-' (mask pixel values are object ids)"
+    for part in parts:  # several for an expression that refers to several objects (MeViS)
+        if objects is not None and part not in objects:
+            return f"object {part} is not in meta.json for this video"
+        if mask_ids and not any(int(part) in ids for ids in mask_ids.values()):
+            return f"object {part} appears in no usable mask of this video"
     return None
 
 
 def _gt_frames(object_id: str, known, mask_ids: dict[str, set[int]]) -> tuple[str, ...]:
     if object_id == "":
         return ()
-    shown = [frame for frame, ids in mask_ids.items() if int(object_id) in ids]
+    numbers = {int(part) for part in target_objects(object_id)}
+    shown = [frame for frame, ids in mask_ids.items() if numbers & ids]
     if known is not None:
         listed = set(known.frames)
         shown = [frame for frame in shown if frame in listed]

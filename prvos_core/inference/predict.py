@@ -23,8 +23,9 @@ import torch
 
 from prvos_core import storage
 from prvos_core.data.frame_store import FrameReader
-from prvos_core.data.frames import decode_frame, decode_reduction, read_object_mask, resize_frame, resize_map
+from prvos_core.data.frames import decode_frame, decode_reduction, resize_frame, resize_map
 from prvos_core.data.manifest import Expression, Manifest, Video, read_manifest
+from prvos_core.data.object_masks import ground_truth_mask
 from prvos_core.errors import DataError, UserError
 from prvos_core.inference.propagation import AnchoredPropagation, EncodedFrames, iter_propagate
 from prvos_core.model.checkpoint import EMA_FILE, MODEL_FILE, load_checkpoint, read_checkpoint_meta
@@ -129,14 +130,14 @@ def _anchor_masks(
     propagation starts from: every frame with a mask of this expression's object ("all"), or the first frame
     when it has one ("first"). Empty when no object is named or the video is unlabelled. Masks the label regime
     hides are not in `expression.gt_frames`, so they are never read here."""
-    if not expression.object_id or not video.labelled:
+    if not (expression.object_id and video.labelled) and not expression.reviewed_frames:
         return {}
-    paths, gt = video.paths, set(expression.gt_frames)
+    gt = set(expression.gt_frames)
     candidates = video.frame_ids if anchors == "all" else video.frame_ids[:1]
     masks = {}
     for t, frame in enumerate(candidates):
         if frame in gt:
-            mask = read_object_mask(str(paths.mask_path(video.video_id, frame)), expression.object_id)
+            mask = ground_truth_mask(expression, video, frame)
             masks[t] = torch.from_numpy(resize_map(mask, input_size)).float()
     return masks
 

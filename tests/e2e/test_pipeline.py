@@ -24,7 +24,15 @@ def reduced_config(tmp_path: Path, **changes) -> dict:
         "run": {"root": str(tmp_path / "runs"), "seed": 0},
         "data": {
             "root": str(tmp_path / "data"),
-            "synth": {"videos": 2, "valid_videos": 1, "frames": 8, "size": [48, 48], "label_every": 4, "seed": 1},
+            "synth": {
+                "videos": 2,
+                "valid_videos": 1,
+                "frames": 8,
+                "size": [48, 48],
+                "label_every": 4,
+                "seed": 1,
+                "create": True,
+            },
         },
         "model": {"size": "tiny", "input_size": [32, 32]},
         "train": {"workers": 2, "epochs": 1, "batch_size": 2, "clip_frames": 2},

@@ -25,7 +25,7 @@ def unlabelled_config(tmp_path: Path, **data) -> dict:
     raw = reduced_config(tmp_path)
     raw["data"] = {
         "root": str(tmp_path / "data"),
-        "synth": {**SYNTH, "unlabelled_videos": 2},
+        "synth": {**SYNTH, "unlabelled_videos": 2, "create": True},
         "unlabelled_split": "unlabelled",
         **data,
     }
@@ -74,7 +74,7 @@ def test_label_regime_and_unlabelled_root_are_in_ingests_fingerprint(tmp_path, r
     from prvos_core.datasets.synth import generate_synthetic
 
     generate_synthetic(tmp_path / "other", **SYNTH, unlabelled_videos=1)
-    data = {"synth": SYNTH, "unlabelled_root": str(tmp_path / "other"), "train_labels": "first"}
+    data = {"synth": {**SYNTH, "create": True}, "unlabelled_root": str(tmp_path / "other"), "train_labels": "first"}
     config = config_from_dict(unlabelled_config(tmp_path, **data))
     first = run_pipeline(config, run_id="regime", stages=("ingest",))
     manifest = read_manifest(first.outcomes["ingest"].result.manifest_dir)

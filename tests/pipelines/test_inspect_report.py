@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.inspect_report import INDEX_FILE, build_report
+from pipelines.inspect_report import INDEX_FILE, REVIEW_SHOWN, build_report
 from prvos_core.errors import UserError
 from prvos_core.viz.pictures import IGNORE_DARK, IGNORE_LIGHT
 from prvos_core.viz.strip import DECISION_COLORS
@@ -48,9 +48,10 @@ def _colors_of(block: np.ndarray) -> set[tuple[int, int, int]]:
 def test_report_shows_the_most_and_least_confident_expressions(report, run_dir):
     assert report.folder == run_dir / "inspect" / "r0"
     assert len(report.expressions) == 4 == len(set(report.expressions))
-    assert report.pictures == ("img/rounds.png", *(f"img/expression-{n:02d}.png" for n in range(1, 5)))
+    assert report.pictures[:5] == ("img/rounds.png", *(f"img/expression-{n:02d}.png" for n in range(1, 5)))
+    assert report.pictures[5:] == tuple(f"img/review-{n:02d}.png" for n in range(1, REVIEW_SHOWN + 1))
     frames = pq.read_table(run_dir / "r0-refine" / "frames.parquet").to_pylist()
-    for expression_id, picture in zip(report.expressions, report.pictures[1:], strict=True):
+    for expression_id, picture in zip(report.expressions, report.pictures[1:5], strict=True):
         strip = cv2.cvtColor(cv2.imread(str(report.folder / picture)), cv2.COLOR_BGR2RGB)
         rows = [row for row in frames if row["expression_id"] == expression_id]
         assert len(rows) == 8  # every frame of the 8-frame video is shown
@@ -93,7 +94,7 @@ def test_report_is_logged_to_the_parent_mlflow_run(report, run_dir):
 def test_one_expression_and_user_errors(report, run_dir, tmp_path):
     chosen = report.expressions[-1]
     one = build_report(run_dir, 0, expression_id=chosen, out=tmp_path / "one", log_to_mlflow=False)
-    assert one.expressions == (chosen,) and len(one.pictures) == 2
+    assert one.expressions == (chosen,) and len(one.pictures) == 2 + REVIEW_SHOWN
     again = build_report(run_dir, 0, expression_id=chosen, out=tmp_path / "one", log_to_mlflow=False)
     assert again.folder == one.folder and sorted(p.name for p in tmp_path.iterdir()) == ["one"]
     (tmp_path / "theirs").mkdir()
@@ -118,7 +119,7 @@ def test_inspect_command(run_dir, tmp_path):
                "--out", str(tmp_path / "cli")]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "wrote" in done.stdout and "3 pictures" in done.stdout and "inspect/cli/" in done.stdout
+    assert "wrote" in done.stdout and f"{3 + REVIEW_SHOWN} pictures" in done.stdout and "inspect/cli/" in done.stdout
     assert len(list((tmp_path / "cli" / "img").glob("expression-*.png"))) == 2
     failed = subprocess.run([*command[:6], "7"], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     errors = [line for line in failed.stderr.splitlines() if line.startswith("error:")]

@@ -58,3 +58,16 @@ def test_a_reused_pid_is_not_mistaken_for_the_holder(tmp_path):
     with RunLock(str(tmp_path)) as lock:
         assert lock.held
     assert time.perf_counter() - started < 5
+
+
+def test_an_object_store_without_conditional_writes_gets_no_lock_and_says_so(caplog):
+    import fsspec
+
+    run_dir = "memory://runs/run-1"
+    with RunLock(run_dir) as lock:
+        assert not lock.held
+    assert lock_holder(run_dir) is None
+    assert not fsspec.filesystem("memory").exists("/runs/run-1")
+    assert "memory://runs/run-1: no run lock on this object store (only s3:// has one); run one driver per run" in (
+        caplog.text
+    )

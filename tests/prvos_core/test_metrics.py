@@ -23,6 +23,7 @@ from prvos_core.metrics import (
     overall_iou,
     seg2bmap,
     summarize,
+    summarize_groups,
 )
 
 # ---------------------------------------------------------------- independent reference (toolkit definitions)
@@ -298,6 +299,23 @@ def test_summarize_precision_at_thresholds():
         summarize([0.5, 0.6], [0.5])
     with pytest.raises(ValueError, match="one J and one F"):
         summarize([], [])
+
+
+def test_summarize_groups_scores_each_annotator_and_their_mean():
+    """Ref-DAVIS17's protocol: each annotator's expressions scored alone, then the mean of the two tables."""
+    groups = [2, 1, 1, 2, 1]
+    per_j = [0.9, 0.4, 0.6, 0.3, 0.8]
+    per_f = [1.0, 0.5, 0.7, 0.5, 0.6]
+    tables, mean = summarize_groups(groups, per_j, per_f)
+    assert list(tables) == [1, 2]
+    assert tables[1] == pytest.approx(summarize([0.4, 0.6, 0.8], [0.5, 0.7, 0.6]))
+    assert tables[2]["J"] == pytest.approx(0.6) and tables[2]["P@0.5"] == pytest.approx(0.5)
+    assert mean["J"] == pytest.approx((0.6 + 0.6) / 2)
+    assert mean["J&F"] == pytest.approx((tables[1]["J&F"] + tables[2]["J&F"]) / 2)
+    assert mean["P@0.5"] == pytest.approx((2 / 3 + 1 / 2) / 2)  # not the pooled 3/5
+    assert set(mean) == set(tables[1])
+    with pytest.raises(ValueError, match="one group, J and F per expression"):
+        summarize_groups([1], [0.5, 0.6], [0.5, 0.6])
 
 
 def test_overall_iou_is_cumulative():

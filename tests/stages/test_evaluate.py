@@ -119,11 +119,12 @@ def test_scores_equal_prvos_core_metrics_on_the_same_predictions(tiny_run, check
     for annotator in (1, 2):
         own = [scores[e.expression_id] for e in expressions if e.annotator == annotator]
         part = summarize([s["J"] for s in own], [s["F"] for s in own])
-        for key in ("J", "F"):
-            assert result.scores[f"{key}_annotator{annotator}"] == pytest.approx(part[key], abs=1e-9)
-        assert result.scores[f"JF_annotator{annotator}"] == pytest.approx(part["J&F"], abs=1e-9)
-    halves = [result.scores["JF_annotator1"], result.scores["JF_annotator2"]]
-    assert result.scores["JF_annotator_mean"] == pytest.approx(np.mean(halves), abs=1e-12)
+        for key, value in part.items():  # J, F, J&F and P@0.5..0.9 of each annotator
+            name = key.replace("J&F", "JF").replace("P@", "P")
+            assert result.scores[f"{name}_annotator{annotator}"] == pytest.approx(value, abs=1e-9), key
+    for name in ("JF", "P0.5"):
+        halves = [result.scores[f"{name}_annotator1"], result.scores[f"{name}_annotator2"]]
+        assert result.scores[f"{name}_annotator_mean"] == pytest.approx(np.mean(halves), abs=1e-12)
     assert result.expressions == len(expressions)
     assert result.frames == sum(len(e.gt_frames) for e in expressions)
     assert all(MLFLOW_SAFE.fullmatch(key) for key in result.metrics)

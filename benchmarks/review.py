@@ -1,0 +1,166 @@
+"""What a reviewed frame is worth: an oracle corrects N % of round 0's pseudo-labelled (expression, frame) pairs,
+chosen by the teacher's uncertainty or at random, and the next round is scored.
+
+Per seed, on the synthetic set in regime F (first frame labelled; the hidden dense masks are the oracle):
+  1. a base run (1 pseudo-labeling round, nobody reviews): its round-0 teacher gives the review queue;
+  2. for each N in --shares and each order (uncertainty, random): the same dataset (its split folders linked
+     into a root of its own) with a review layer beside it holding the oracle's masks of the N % chosen pairs
+     (prvos_core.data.review_layer, as `prvos review import` writes it), run through the whole pipeline: the
+     layer's frames are ground truth from ingest on.
+Reported: the final round's valid J&F and round 0's refined pseudo-label precision per N and order, the paired
+difference uncertainty - random over seeds with a bootstrap 95 % interval. Every run is a resumable pipeline run
+and every finished variant is kept in <work>/results: a stopped benchmark started again skips what is done.
+
+    python benchmarks/review.py --work /tmp/review                  # 3 seeds x N in 2, 5, 10 %
+    python benchmarks/review.py --quick --work /tmp/review-quick    # <= 10 min smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import markdown_table, write_result  # noqa: E402
+from benchmarks.efficacy import QUICK, SYNTH, _spread, bootstrap_interval, final_jf, run_variant  # noqa: E402
+
+SHARES = (2.0, 5.0, 10.0)
+ORDERS = ("uncertainty", "random")
+SETTINGS = ("data.train_labels=first", "rounds=1")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--shares", nargs="+", type=float, default=list(SHARES), help="N: %% of the pairs reviewed")
+    parser.add_argument("--quick", action="store_true", help="one seed, tiny sizes, N = 10 %%")
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--cpus", type=int, default=2)
+    parser.add_argument("--report", action="store_true", help="only write the table of what is done")
+    args = parser.parse_args()
+    seeds, shares = ([0], [10.0]) if args.quick else (args.seeds, args.shares)
+    sizes = QUICK if args.quick else SYNTH
+
+    import ray
+
+    from pipelines.ray_session import quiet_ray_train_logs
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR", _temp_dir=str(args.work / "ray"),
+             runtime_env={"worker_process_setup_hook": quiet_ray_train_logs})  # fmt: skip
+    started = time.perf_counter()
+    results: dict[tuple[str, float], dict[int, dict]] = {}
+    try:
+        for seed in seeds:
+            data = args.work / f"synth-{seed}"
+            base = [
+                f"data.root={data}",
+                "data.synth.create=true",
+                f"data.synth.seed={seed}",
+                *sizes,
+                f"run.seed={seed}",
+                *SETTINGS,
+            ]
+            outcome = run_variant("none", seed, "review", base, args.work, not args.report)
+            if outcome is None:
+                continue
+            results.setdefault(("none", 0.0), {})[seed] = outcome
+            for share in shares:
+                for order in ORDERS:
+                    name = f"{order}{share:g}"
+                    root = args.work / "roots" / f"{name}-{seed}"
+                    if not args.report:
+                        _reviewed_root(args.work / "runs" / f"none-seed{seed}", data, root, share, order, seed)
+                    overrides = [*base, f"data.root={root}"]
+                    outcome = run_variant(name, seed, "review", overrides, args.work, not args.report)
+                    if outcome is not None:
+                        results.setdefault((order, share), {})[seed] = outcome
+    finally:
+        ray.shutdown()
+    _report(results, seeds, shares, args, time.perf_counter() - started)
+
+
+def _reviewed_root(run: Path, data: Path, root: Path, share: float, order: str, seed: int) -> None:
+    """`root`: the dataset's split folders linked, and beside it a review layer with the oracle's masks of the
+    `share` % pairs of the base run's round-0 queue chosen by `order` (written once)."""
+    from pipelines.review import round_queue
+    from pipelines.run_store import open_run
+    from prvos_core.config import config_from_dict
+    from prvos_core.data.object_masks import frame_mask
+    from prvos_core.data.review_layer import Correction, committed_layers, layer_root, write_layer
+
+    if committed_layers(layer_root(root)):
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    for entry in data.iterdir():
+        if not (root / entry.name).exists():
+            (root / entry.name).symlink_to(entry.resolve())
+    store = open_run(str(run))
+    config = config_from_dict(store.read_config_dict())
+    everything = round_queue(store, config, 0, 10**9, order, seed=seed)
+    count = max(1, round(share / 100 * everything.candidates))
+    queue = round_queue(store, config, 0, count, order, seed=seed)
+    accepted = []
+    for item in queue.items:
+        expression = queue.expressions[item.expression_id]
+        truth = frame_mask(expression, queue.manifest.video_of(expression), item.frame_id)
+        correction = Correction(item.split, item.video_id, item.target, item.frame_id, item.expression_id, "",
+                                not truth.any(), "oracle", "", store.run_id, 0, f"oracle-{order}", item.key)  # fmt: skip
+        accepted.append((correction, truth))
+    write_layer(layer_root(root), accepted, [], {"oracle": True, "order": order, "share": share, "pairs": count,
+                                                  "candidates": everything.candidates})  # fmt: skip
+    print(f"seed {seed}: {order} review of {count} of {everything.candidates} pairs ({share:g} %)", flush=True)
+
+
+def _precision(result: dict) -> float | None:
+    return result["stages"].get("r0-refine", {}).get("pseudo_precision_full")
+
+
+def _report(results: dict, seeds: list[int], shares: list[float], args, wall: float) -> None:
+    rows = []
+    base = results.get(("none", 0.0), {})
+    rows.append(["0 (no review)", "-", _spread([final_jf(r) for r in base.values()]), "-", "-",
+                 _spread([p for r in base.values() if (p := _precision(r)) is not None]), "-"])  # fmt: skip
+    lines = []
+    for share in shares:
+        by = {order: results.get((order, share), {}) for order in ORDERS}
+        paired = sorted(set(by["uncertainty"]) & set(by["random"]))
+        differences = [final_jf(by["uncertainty"][s]) - final_jf(by["random"][s]) for s in paired]
+        low, high = bootstrap_interval(differences)
+        mean = sum(differences) / len(differences) if differences else float("nan")
+        rows.append([
+            f"{share:g} %", len(paired),
+            _spread([final_jf(r) for r in by["uncertainty"].values()]),
+            _spread([final_jf(r) for r in by["random"].values()]),
+            f"{100 * mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]",
+            _spread([p for r in by["uncertainty"].values() if (p := _precision(r)) is not None]),
+            _spread([p for r in by["random"].values() if (p := _precision(r)) is not None]),
+        ])  # fmt: skip
+        lines.append(f"- N = {share:g} %: uncertainty - random = {100 * mean:+.1f} J&F points over {len(paired)} seeds, "
+                     f"95 % bootstrap interval [{100 * low:+.1f}, {100 * high:+.1f}]")  # fmt: skip
+    header = ["N reviewed", "seeds", "final J&F, by uncertainty", "final J&F, at random",
+              "uncertainty - random (points, 95 % interval)", "r0 precision, uncertainty", "r0 precision, random"]  # fmt: skip
+    compute = sum(r["seconds"] for per in results.values() for r in per.values())
+    body = "\n".join([
+        "Regime F of the synthetic set (first frame labelled), one pseudo-labeling round; an oracle corrects N % of",
+        "round 0's pseudo-labelled (expression, frame) pairs with the hidden dense masks, chosen by the teacher's",
+        "uncertainty (mean entropy over its object, border and unsure pixels) or at random. J&F: the final",
+        "student on the valid split; precision: round 0's refined pseudo-labels against the hidden masks.", "",
+        markdown_table(header, rows), "", *lines, "",
+        f"Seeds: {seeds}. Settings: {[*(QUICK if args.quick else SYNTH), *SETTINGS]}.",
+        f"Wall time of this invocation: {wall / 60:.1f} min; pipeline time of every run shown: {compute / 60:.1f} min, "
+        f"on {args.cpus} CPUs.",
+    ])  # fmt: skip
+    command = "python benchmarks/review.py " + " ".join(sys.argv[1:])
+    path = write_result(
+        "review_quick.md" if args.quick else "review.md", "Review: uncertainty-chosen vs random", command, body
+    )
+    print(body)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
