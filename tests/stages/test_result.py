@@ -20,7 +20,7 @@ MARKERS = {
          "quarantine": "/r/ingest/quarantine.parquet"},
         {"videos": 2.0, "expressions": 4.0, "quarantined": 1.0, "frames": 16.0, "files_checked": 24.0,
          "frames_per_second": 80.5, "seconds": 0.4, "check_seconds": 0.2, "splits": 2.0, "unlabelled_videos": 3.0,
-         "hidden_frames": 12.0},
+         "hidden_frames": 12.0, "reviewed_frames": 4.0},
     ),
     TextResult: (
         {"cache": "/r/text/cache.zarr", "identity": "minilm-l6-abc", "dim": "384"},
