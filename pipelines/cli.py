@@ -37,9 +37,12 @@ app.command("evaluate")(evaluate)
 
 
 def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # PRVOS's own lines at INFO; libraries (botocore's endpoint notes, MLflow's schema upgrades) only warn.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("prvos").setLevel(logging.INFO)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow's own handler, not the root logger's
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 

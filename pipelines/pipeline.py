@@ -55,9 +55,10 @@ class PipelineReport:
 
 def ensure_dataset(config: PrvosConfig) -> None:
     """Create the synthetic dataset at `data.root` when the config says so (`data.synth.create`, as `prvos demo`
-    does) and the folder is absent. Otherwise an absent local root, or an absent local split of unlabelled
-    videos, is the user's error, named before any stage (or Ray) starts: a mistyped root never becomes a
-    synthetic set, even in a config that holds synthesis parameters."""
+    does) and the folder is absent. Otherwise an absent root (local or on an object store), a bucket without
+    credentials, or an absent split of unlabelled videos is the user's error, named before any stage (or Ray
+    or MLflow) starts: a mistyped root never becomes a synthetic set, even in a config that holds synthesis
+    parameters."""
     data, synth = config.data, config.data.synth
     local = storage.is_local(data.root)
     if synth is not None and synth.create:
@@ -71,10 +72,10 @@ def ensure_dataset(config: PrvosConfig) -> None:
             f"dataset root {data.root} not found; fix data.root, or set data.synth.create=true to write the "
             "synthetic set there (as `prvos demo` does)"
         )
-    if local:
-        locate(data.root)
+    # On an object store too: a root without credentials or a mistyped bucket is one line before MLflow and Ray.
+    locate(data.root)
     unlabelled_root = config.data.unlabelled_root or config.data.root
-    if config.data.unlabelled_split and storage.is_local(unlabelled_root):
+    if config.data.unlabelled_split:
         require_unlabelled_split(locate(unlabelled_root)[0], config.data.unlabelled_split)
 
 

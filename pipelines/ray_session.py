@@ -35,6 +35,10 @@ def quiet_ray_train_logs() -> None:
     train_context = os.path.join(os.path.dirname(ray.__file__), "train", "v2", "_internal", "execution", "context.py")
     logging.getLogger(train_context).setLevel(logging.WARNING)
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+    # The cleaner looks its controller up through the State API without an address; with a second Ray on the
+    # machine (another user's, another run's) that lookup raises "Found multiple active Ray instances" and its
+    # thread dies with a traceback on the console. The worker's own cluster is the one to ask.
+    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
 
 
 def code_runtime_env() -> dict:

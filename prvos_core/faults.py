@@ -7,7 +7,8 @@ that reaches item n of a listed point fails, and leaves a marker in the folder s
 Points: `train.step` (a Ray Train worker's step), `infer.expression` and `evaluate.expression` (an actor's
 n-th call), `refine.expression` (position in a refine task's chunk). Modes:
 - `raise`: raise InjectedFault in the process that reached the point;
-- `kill`: SIGKILL that process (a Ray worker or actor: Ray restarts it, Ray Train restores its checkpoint);
+- `kill`: SIGKILL that process (a Ray Train worker: Ray Train restores its checkpoint; a pool actor: a new pool
+  takes the expressions it had not returned);
 - `killdriver`: SIGKILL the driver and everything it started. A Ray worker's parent is the raylet, which the
   embedded driver started in the driver's process group, so that group is killed; the driver must therefore
   lead its own process group (`subprocess.Popen(..., start_new_session=True)`). Anywhere else (no raylet

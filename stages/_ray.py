@@ -8,9 +8,9 @@ The pool (infer: teacher -> pseudo-label store; evaluate: student -> scores or s
 expression ids through a Ray Data actor pool of `cfg.actors` actors, each holding one
 `prvos_core.inference.predict.Predictor` built once; every call handles one video's expressions (`work_units`:
 the frames are decoded and encoded by the backbone once for all of them) and returns small rows
-(big arrays go to storage from inside the actor, never through the object store). Ray Data restarts a killed
-actor and retries its unit (expressions it had committed are written again, to the same bytes); the pool is
-shut down once it finishes or fails, so the next stage gets its CPUs.
+(big arrays go to storage from inside the actor, never through the object store). When an actor dies, a new
+pool takes the units not yet returned (expressions it had committed are written again, to the same bytes); a
+pool is shut down once it finishes or fails, so the next stage gets its CPUs.
 
 placement.json: units of work (training clips, expressions) per Ray node, beside the stage's outputs,
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import ray
-from ray.exceptions import RayTaskError
+from ray.exceptions import RayActorError, RayTaskError
 
 from prvos_core import faults, storage
 from prvos_core.config import EvaluateSection, InferSection
@@ -205,6 +206,9 @@ _NODE, _COUNT = "_node", "_rows"  # tags an actor adds to each row
 _ERROR, _ERROR_TYPE = "_error", "_error_type"  # a user error an actor met, as a row
 
 
+POOL_RESTARTS = 3  # times a pool whose actor died is started again on the expressions it had not returned
+
+
 def run_pool(
     actor: type[PredictorActor],
     arguments: tuple,
@@ -219,14 +223,51 @@ def run_pool(
     of up to `cfg.actors` actors (one unit of `work_units` per call).
 
     placement: counts the finished expressions per Ray node. A user error met by an actor is raised here as
-    its own class and line, once the pool is shut down.
+    its own class and line, once the pool is shut down. An actor that dies (its process killed, its node lost)
+    ends the pool; a new pool takes the units whose expressions had not all come back, up to POOL_RESTARTS
+    times. (Ray Data could restart the actor itself, but only with its constructor arguments pinned in the
+    object store, which Ray reports on the console as an error line for every actor: ray-project/ray#53727.)
     """
-    import ray.data
-
     ids = sorted(expression_id for unit in units for expression_id in unit)
     if not ids:
         return
     _quiet_ray_data()
+    position = {expression_id: index for index, expression_id in enumerate(ids)}
+    finished: dict[int, list[dict]] = {}
+    next_index = 0
+    with progress_bar(label, total=len(ids), unit="expr", round_index=round_index) as bar:
+        for attempt in range(POOL_RESTARTS + 1):
+            left = [unit for unit in units if any(position[e] not in finished and position[e] >= next_index
+                                                  for e in unit)]  # fmt: skip
+            try:
+                for expression_id, rows, node in _pool_rows(actor, arguments, left, cfg):
+                    index = position[expression_id]
+                    if index < next_index or index in finished:
+                        continue  # a retried unit's expression that had already come back
+                    finished[index] = rows
+                    bar.update(1)
+                    if placement is not None:
+                        placement[node] += 1
+                    while next_index in finished:
+                        yield finished.pop(next_index)
+                        next_index += 1
+                return
+            except RayActorError as error:
+                if attempt == POOL_RESTARTS:
+                    raise
+                missing = len(ids) - next_index - len(finished)
+                missing_line = f"a new pool takes the {missing} expression(s) not yet done"
+                bar.write(f"{bar.desc}: an actor died ({first_line(error)}); {missing_line} "
+                          f"(restart {attempt + 1}/{POOL_RESTARTS})", file=sys.stderr)  # fmt: skip
+
+
+def _pool_rows(
+    actor: type[PredictorActor], arguments: tuple, units: Sequence[Sequence[str]], cfg: InferSection | EvaluateSection
+) -> Iterator[tuple[str, list[dict], str]]:
+    """(expression id, its rows, the node it ran on) as each expression's rows come back from one Ray Data pool
+    over `units`; the pool is shut down once it finishes or fails."""
+    import ray.data
+
     items = [{_UNIT: "\t".join(unit)} for unit in units if unit]
     dataset = ray.data.from_items(items).map_batches(
         actor,
@@ -237,47 +278,38 @@ def run_pool(
         batch_size=1,
         batch_format="numpy",
         runtime_env=fault_runtime_env(),
+        max_restarts=0,  # run_pool starts a new pool instead
     )
-    position = {expression_id: index for index, expression_id in enumerate(ids)}
     arrived: dict[str, list[dict]] = {}
-    finished: dict[int, list[dict]] = {}
-    next_index, failure = 0, None
-    with progress_bar(label, total=len(ids), unit="expr", round_index=round_index) as bar:
-        rows = iter(dataset.iter_rows())
-        try:
-            for row in rows:
-                row = {key: _plain(value) for key, value in row.items()}
-                if _ERROR in row:
-                    failure = _user_error(row[_ERROR_TYPE], row[_ERROR])
-                    break
-                node, count = row.pop(_NODE), row.pop(_COUNT)
-                own = arrived.setdefault(row["expression_id"], [])
-                own.append(row)
-                if len(own) < count:
-                    continue
-                finished[position[row["expression_id"]]] = arrived.pop(row["expression_id"])
-                bar.update(1)
-                if placement is not None:
-                    placement[node] += 1
-                while next_index in finished:
-                    yield finished.pop(next_index)
-                    next_index += 1
-        except RayTaskError as error:
-            # A problem the user can fix reaches them as its own line, not wrapped in the actor's traceback.
-            if not isinstance(error.cause, UserError):
-                raise
-            failure = error.cause
-        finally:
-            close = getattr(rows, "close", None)
-            if close is not None:
-                close()
-            # A pool that failed or was left early is not shut down by Ray Data (its executor thread keeps
-            # running until the Dataset is garbage, which a traceback can postpone indefinitely): its idle
-            # actors kept their CPUs and the next stage's Ray Train workers waited for them forever. Ray Data
-            # keeps the running executor on the Dataset (private, hence the getattr); stop it now.
-            executor = getattr(dataset, "_current_executor", None)
-            if executor is not None:
-                executor.shutdown(force=True)
+    failure = None
+    rows = iter(dataset.iter_rows())
+    try:
+        for row in rows:
+            row = {key: _plain(value) for key, value in row.items()}
+            if _ERROR in row:
+                failure = _user_error(row[_ERROR_TYPE], row[_ERROR])
+                break
+            node, count = row.pop(_NODE), row.pop(_COUNT)
+            own = arrived.setdefault(row["expression_id"], [])
+            own.append(row)
+            if len(own) == count:
+                yield row["expression_id"], arrived.pop(row["expression_id"]), node
+    except RayTaskError as error:
+        # A problem the user can fix reaches them as its own line, not wrapped in the actor's traceback.
+        if not isinstance(error.cause, UserError):
+            raise
+        failure = error.cause
+    finally:
+        close = getattr(rows, "close", None)
+        if close is not None:
+            close()
+        # A pool that failed or was left early is not shut down by Ray Data (its executor thread keeps
+        # running until the Dataset is garbage, which a traceback can postpone indefinitely): its idle
+        # actors kept their CPUs and the next stage's Ray Train workers waited for them forever. Ray Data
+        # keeps the running executor on the Dataset (private, hence the getattr); stop it now.
+        executor = getattr(dataset, "_current_executor", None)
+        if executor is not None:
+            executor.shutdown(force=True)
     if failure is not None:
         raise _own_line(failure)
 

@@ -4,6 +4,7 @@ masks and the dataset fingerprint come from the bucket, and a bucket without cre
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -135,3 +136,25 @@ def test_an_s3_root_without_credentials_is_one_line_naming_the_bucket_and_the_fi
         assert "\n" not in message
         assert message.startswith(f"s3://{BUCKET}: no AWS credentials found; ")
         assert "AWS_ACCESS_KEY_ID" in message and "AWS_PROFILE" in message and "every Ray node" in message
+
+
+def test_prvos_run_on_an_s3_root_without_credentials_stops_before_mlflow_and_ray(s3_dataset, tmp_path):
+    """The same through the command line: one error line and exit 2, and nothing started (no MLflow store, no
+    Ray session, no stage folder): the root is checked before either."""
+    _, uri, _ = s3_dataset
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AWS_")}
+    env.update(AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"), AWS_CONFIG_FILE=str(tmp_path / "none"),
+               AWS_EC2_METADATA_DISABLED="true", HF_HUB_OFFLINE="1")  # fmt: skip
+    env["AWS_ENDPOINT_URL"] = os.environ["AWS_ENDPOINT_URL"]  # the local server, no keys
+    runs = tmp_path / "runs"
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "run", "configs/demo.yaml", "--run-id", "s3",
+         "--set", f"data.root={uri}", "--set", f"run.root={runs}"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    errors = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert len(errors) == 1 and errors[0].startswith(f"error: s3://{BUCKET}: no AWS credentials found; "), errors
+    assert "Traceback" not in done.stderr
+    assert sorted(p.name for p in (runs / "s3").iterdir()) == ["config.yaml"]  # no stage, no lineage record
+    assert not any(p.name.startswith(("mlflow", "mlruns")) for p in runs.iterdir()), list(runs.iterdir())

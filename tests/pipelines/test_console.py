@@ -1,9 +1,9 @@
 """What a user sees of a normal `prvos run` on an embedded Ray: no Ray notice about token authentication, no line
-of Ray's C++ core worker, and the run table with each stage on one line although stdout is a pipe on a
+of Ray's C++ core worker, no library INFO lines, and the run table with each stage on one line although stdout is a pipe on a
 40-column console.
 
-The run is tests/e2e's reduced config through ingest, frames, text and one Ray Train round (the Ray start and the
-train stage are what printed those lines); the process gets no RAY_AUTH_MODE or Ray Train setting of its own.
+The run is tests/e2e's reduced config through ingest, frames, text, one Ray Train round and evaluate's Ray Data
+actor pool (the Ray start, the train stage and the pool's actors are what printed those lines); the process gets no RAY_AUTH_MODE or Ray Train setting of its own.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import yaml
 from tests.e2e.test_pipeline import reduced_config
 
 REPO = Path(__file__).resolve().parents[2]
-STAGES = ("ingest", "frames", "text", "r0-train")
+STAGES = ("ingest", "frames", "text", "r0-train", "r0-evaluate")
 
 
 def test_a_run_prints_no_ray_notice_and_keeps_its_table_rows_whole(tmp_path):
@@ -34,14 +34,15 @@ def test_a_run_prints_no_ray_notice_and_keeps_its_table_rows_whole(tmp_path):
     env = {key: value for key, value in os.environ.items() if key not in user_settings}
     env.update(PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0", RAY_TMPDIR=ray_dir, COLUMNS="40")
     command = [sys.executable, "-m", "pipelines.cli", "run", str(config), "--run-id", "console",
-               "--stages", "ingest,frames,text,train"]  # fmt: skip
+               "--stages", "ingest,frames,text,train,evaluate"]  # fmt: skip
     try:
         done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=540)
     finally:
         shutil.rmtree(ray_dir, ignore_errors=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Token authentication" not in done.stderr, done.stderr[-3000:]
-    assert "core_worker.cc" not in done.stderr, done.stderr[-3000:]
+    assert "core_worker.cc" not in done.stderr, done.stderr[-3000:]  # e.g. the pool actors' constructor arguments
+    assert "INFO mlflow" not in done.stderr and "Updating database tables" not in done.stderr, done.stderr[-3000:]
 
     run_dir = tmp_path / "runs" / "console"
     lines = done.stdout.splitlines()

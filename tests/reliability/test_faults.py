@@ -2,8 +2,8 @@
 
 One `prvos run` process (its own process group) carries six faults (prvos_core.faults), each firing once:
 a Ray Train worker killed in epoch 1 of r0-train (Ray Train restores its epoch-0 checkpoint), then the
-driver killed in the same epoch; an infer actor killed (Ray Data restarts it), then the driver killed in
-r0-infer; the driver killed in r0-refine and in r0-evaluate. After each driver kill, `prvos resume` takes the
+driver killed in the same epoch; an infer actor killed (a new pool takes what it had not returned), then the
+driver killed in r0-infer; the driver killed in r0-refine and in r0-evaluate. After each driver kill, `prvos resume` takes the
 dead driver's lock over and continues. The finished run is then compared with uninterrupted runs of the same
 stages on the same inputs: train weights within tolerance, every file infer, refine and evaluate wrote
 byte-identical. A second `prvos run` on the same run folder during the first is refused. The last tests damage the finished run and
@@ -40,7 +40,7 @@ from tests.reliability.conftest import REPO, assert_nothing_half_committed, asse
 FAULTS = (
     ("train.step", 6, "kill"),  # a Ray Train worker, mid epoch 1: Ray Train restores epoch 0's checkpoint
     ("train.step", 7, "killdriver"),  # then the driver, in epoch 1 again: resume restores it too
-    ("infer.expression", 1, "kill"),  # an infer actor: Ray Data restarts it and retries the expression
+    ("infer.expression", 1, "kill"),  # an infer actor: a new pool takes the expressions not yet returned
     ("infer.expression", 3, "killdriver"),
     ("refine.expression", 1, "killdriver"),
     ("evaluate.expression", 1, "killdriver"),

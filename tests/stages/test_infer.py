@@ -1,6 +1,6 @@
 """Tests of stages.infer on the tiny synthetic run: every frame stored in range with an index that matches the
 store, every ground-truth frame stored as itself, predictions equal to prvos_core.inference.predict, resume after
-an interruption to byte-identical files, the shared-frame pool (a video's expressions together) writing the same
+an interruption to byte-identical files, an actor killed mid-pool replaced with the same bytes, the shared-frame pool (a video's expressions together) writing the same
 bytes as one expression at a time, a finished infer re-run without model work, a store of other inputs or
 settings (anchors, flip uncertainty) started afresh, and the uint8 size bound."""
 
@@ -173,6 +173,26 @@ def test_the_shared_frame_teacher_writes_the_same_store_as_one_expression_at_a_t
     assert max(per_video.values()) >= 2  # some video's frames are shared
     alone = infer.run(_inputs(tiny_run, checkpoint, tmp_path / "infer"), InferSection(actors=2, share_frames=False))
     assert alone.computed == len(expressions)
+    assert _files(tmp_path / "infer" / "pseudo.zarr") == _files(reference / "pseudo.zarr")
+    assert pq.read_table(tmp_path / "infer" / "index.parquet").equals(pq.read_table(reference / "index.parquet"))
+
+
+def test_an_actor_killed_mid_pool_is_replaced_and_the_store_is_the_same(
+    tiny_run, checkpoint, clean, tmp_path, monkeypatch, capfd
+):
+    """The second call of an actor SIGKILLs its process: a new pool takes what had not come back, and the store
+    is byte-identical to the uninterrupted one. Ray prints no core-worker line about the actor's constructor
+    arguments (Ray Data's own actor restarts, which would pin them in the object store, are off)."""
+    reference, _ = clean
+    monkeypatch.setenv("PRVOS_FAULT", "infer.expression:1:kill")
+    monkeypatch.setenv("PRVOS_FAULT_DIR", str(tmp_path))
+    capfd.readouterr()
+    result = infer.run(_inputs(tiny_run, checkpoint, tmp_path / "infer"), InferSection(actors=2))
+    console = capfd.readouterr().err
+    assert (tmp_path / "fired-infer.expression-1").exists()
+    assert "an actor died" in console and "a new pool takes the" in console and "(restart 1/3)" in console
+    assert "constructor arguments" not in console
+    assert result.expressions == len(read_manifest(tiny_run.manifest_dir).split_expressions("train"))
     assert _files(tmp_path / "infer" / "pseudo.zarr") == _files(reference / "pseudo.zarr")
     assert pq.read_table(tmp_path / "infer" / "index.parquet").equals(pq.read_table(reference / "index.parquet"))
 
