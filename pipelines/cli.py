@@ -170,7 +170,7 @@ def run(
     """Run the pipeline: stages committed with the same fingerprint are skipped."""
     from prvos_core.config import load_config
 
-    resolved = load_config(config, [*_absolute_paths(config, set_ or []), *(set_ or [])])
+    resolved = load_config(config, _absolute_paths(config, set_ or []))
     selected = tuple(s.strip() for s in stages.split(",") if s.strip()) if stages else None
     _run(resolved, run_id, selected, address, tracking_uri)
 
@@ -206,7 +206,7 @@ def demo(
 
     demo_config = CONFIGS / "demo.yaml"
     # The demo writes its synthetic set when absent; a plain `prvos run configs/demo.yaml` only reads one.
-    overrides = [*_absolute_paths(demo_config, set_ or []), "data.synth.create=true", *(set_ or [])]
+    overrides = _absolute_paths(demo_config, ["data.synth.create=true", *(set_ or [])])
     store = _run(load_config(demo_config, overrides), run_id, None, None, None)
     out = Console()
     print_table(out, round_curve(store))
@@ -334,23 +334,34 @@ def _run_folder(run: str) -> str:
     return run if "://" in run else str(Path(run).resolve())
 
 
+PATH_SETTINGS = ("run.root", "data.root", "data.unlabelled_root")
+
+
 def _absolute_paths(config: Path, overrides: list[str]) -> list[str]:
-    """Relative local run.root / data.root become absolute, so a run can be resumed from any folder."""
+    """The overrides, after settings that make the config file's relative local paths absolute, with relative
+    local paths given by `--set` made absolute too: Ray workers do not run in this folder, and a run can be
+    resumed from any folder."""
     import yaml
 
     try:
         raw = yaml.safe_load(config.read_text(encoding="utf-8")) if config.is_file() else None
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return []  # load_config reports what is wrong with the file, in one line
-    if not isinstance(raw, dict):
-        return []
-    given = {item.split("=", 1)[0].strip() for item in overrides}
+        raw = None  # load_config reports what is wrong with the file, in one line
+    raw = raw if isinstance(raw, dict) else {}
+    from_file = []
+    for setting in PATH_SETTINGS:
+        section, key = setting.split(".")
+        value = raw[section].get(key) if isinstance(raw.get(section), dict) else None
+        if isinstance(value, str):
+            from_file.append(f"{setting}={value}")
     result = []
-    for section, key in (("run", "root"), ("data", "root")):
-        value = (raw.get(section) or {}).get(key) if isinstance(raw.get(section), dict) else None
-        if f"{section}.{key}" in given or not isinstance(value, str) or "://" in value or os.path.isabs(value):
-            continue
-        result.append(f"{section}.{key}={os.path.abspath(value)}")
+    for item in [*from_file, *overrides]:
+        setting, equals, value = item.partition("=")
+        value = value.strip()
+        if setting.strip() in PATH_SETTINGS and equals and value and "://" not in value and not os.path.isabs(value):
+            value = os.path.abspath(os.path.expanduser(value))
+            item = f"{setting.strip()}={value}"
+        result.append(item)
     return result
 
 

@@ -418,6 +418,16 @@ def test_cluster_launcher_head_may_launch_workers():
     for policy in policies:
         resources = {s["Resource"] for s in policy["Statement"] if "s3:PutObject" in s["Action"]}
         assert resources == {f"arn:aws:s3:::{bucket}/*"}, "the run store's bucket"
+        # An s3:// dataset is read by every node, never written (README: "Dataset").
+        reads = {(action, s["Resource"]) for s in policy["Statement"] for action in s["Action"]}
+        assert {
+            ("s3:ListBucket", "arn:aws:s3:::prvos-datasets"),
+            ("s3:GetObject", "arn:aws:s3:::prvos-datasets/*"),
+        } <= reads
+        assert not [
+            s for s in policy["Statement"] if "prvos-datasets" in s["Resource"] and "s3:PutObject" in s["Action"]
+        ]
+    assert "read-only, on `prvos-datasets`" in (REPO / "README.md").read_text()
 
 
 # KubeRay

@@ -77,14 +77,19 @@ def test_data_synth_writes_unlabelled_videos(tmp_path):
 
 
 def test_ingest_from_the_cli_then_rerun_skips(shared_data, tmp_path):
-    config = _config(tmp_path, shared_data / "ref_davis16_mini")
-    first = prvos("run", str(config), "--stages", "ingest", "--run-id", "r1", cwd=tmp_path)
+    """Relative roots given with --set are made absolute (Ray's workers run elsewhere) and the run goes through."""
+    config = _config(tmp_path, tmp_path / "nope")
+    (tmp_path / "data").symlink_to(shared_data / "ref_davis16_mini")
+    relative = ("--set", "data.root=data", "--set", "run.root=runs")
+    first = prvos("run", str(config), "--stages", "ingest", "--run-id", "r1", *relative, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
+    saved = (tmp_path / "runs/r1/config.yaml").read_text()
+    assert f"root: {tmp_path / 'data'}" in saved and f"root: {tmp_path / 'runs'}" in saved, saved
     assert "ingest" in first.stdout and "yes" in first.stdout
     marker = tmp_path / "runs/r1/ingest/_COMMITTED.json"
     assert json.loads(marker.read_text())["metrics"]["expressions"] == 6
     before = marker.read_bytes()
-    second = prvos("run", str(config), "--stages", "ingest", "--run-id", "r1", cwd=tmp_path)
+    second = prvos("run", str(config), "--stages", "ingest", "--run-id", "r1", *relative, cwd=tmp_path)
     assert second.returncode == 0 and "skipped" in second.stdout
     assert marker.read_bytes() == before
     status = prvos("status", str(tmp_path / "runs/r1"), cwd=tmp_path)
