@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -28,7 +29,7 @@ from benchmarks.common import markdown_table, write_result  # noqa: E402
 from benchmarks.efficacy import QUICK, SYNTH, _spread, bootstrap_interval, final_jf, run_variant  # noqa: E402
 
 SHARES = (2.0, 5.0, 10.0)
-ORDERS = ("uncertainty", "random")
+ORDERS = ("uncertainty", "spread", "random")
 SETTINGS = ("data.train_labels=first", "rounds=1")
 
 
@@ -36,6 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--shares", nargs="+", type=float, default=list(SHARES), help="N: %% of the pairs reviewed")
+    parser.add_argument("--orders", nargs="+", default=list(ORDERS), choices=list(ORDERS), help="review orders to run")
     parser.add_argument("--quick", action="store_true", help="one seed, tiny sizes, N = 10 %%")
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--cpus", type=int, default=2)
@@ -69,7 +71,7 @@ def main() -> None:
                 continue
             results.setdefault(("none", 0.0), {})[seed] = outcome
             for share in shares:
-                for order in ORDERS:
+                for order in args.orders:
                     name = f"{order}{share:g}"
                     root = args.work / "roots" / f"{name}-{seed}"
                     if not args.report:
@@ -115,6 +117,18 @@ def _reviewed_root(run: Path, data: Path, root: Path, share: float, order: str, 
     print(f"seed {seed}: {order} review of {count} of {everything.candidates} pairs ({share:g} %)", flush=True)
 
 
+def _corrected_expressions(work: Path, name: str, seeds: Iterable[int]) -> str:
+    """Mean number of distinct expressions that received a correction, over the seeds (from the review layers)."""
+    import pyarrow.parquet as pq
+
+    counts = [
+        len(set(pq.read_table(layer / "corrections.parquet", columns=["expression_id"]).column(0).to_pylist()))
+        for seed in seeds
+        for layer in sorted((work / "roots" / f"{name}-{seed}.review").glob("v*"))[:1]
+    ]  # fmt: skip
+    return f"{sum(counts) / len(counts):.0f}" if counts else "-"
+
+
 def _precision(result: dict) -> float | None:
     return result["stages"].get("r0-refine", {}).get("pseudo_precision_full")
 
@@ -122,33 +136,36 @@ def _precision(result: dict) -> float | None:
 def _report(results: dict, seeds: list[int], shares: list[float], args, wall: float) -> None:
     rows = []
     base = results.get(("none", 0.0), {})
-    rows.append(["0 (no review)", "-", _spread([final_jf(r) for r in base.values()]), "-", "-",
+    chosen = [order for order in ORDERS if any((order, share) in results for share in shares)]
+    rows.append(["0 (no review)", "-", "-", len(base), _spread([final_jf(r) for r in base.values()]),
                  _spread([p for r in base.values() if (p := _precision(r)) is not None]), "-"])  # fmt: skip
     lines = []
     for share in shares:
-        by = {order: results.get((order, share), {}) for order in ORDERS}
-        paired = sorted(set(by["uncertainty"]) & set(by["random"]))
-        differences = [final_jf(by["uncertainty"][s]) - final_jf(by["random"][s]) for s in paired]
-        low, high = bootstrap_interval(differences)
-        mean = sum(differences) / len(differences) if differences else float("nan")
-        rows.append([
-            f"{share:g} %", len(paired),
-            _spread([final_jf(r) for r in by["uncertainty"].values()]),
-            _spread([final_jf(r) for r in by["random"].values()]),
-            f"{100 * mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]",
-            _spread([p for r in by["uncertainty"].values() if (p := _precision(r)) is not None]),
-            _spread([p for r in by["random"].values() if (p := _precision(r)) is not None]),
-        ])  # fmt: skip
-        lines.append(f"- N = {share:g} %: uncertainty - random = {100 * mean:+.1f} J&F points over {len(paired)} seeds, "
-                     f"95 % bootstrap interval [{100 * low:+.1f}, {100 * high:+.1f}]")  # fmt: skip
-    header = ["N reviewed", "seeds", "final J&F, by uncertainty", "final J&F, at random",
-              "uncertainty - random (points, 95 % interval)", "r0 precision, uncertainty", "r0 precision, random"]  # fmt: skip
+        randomly = results.get(("random", share), {})
+        for order in chosen:
+            done = results.get((order, share), {})
+            difference = "-"
+            if order != "random":
+                paired = sorted(set(done) & set(randomly))
+                differences = [final_jf(done[s]) - final_jf(randomly[s]) for s in paired]
+                low, high = bootstrap_interval(differences)
+                mean = sum(differences) / len(differences) if differences else float("nan")
+                difference = f"{100 * mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] ({len(paired)} seeds)"
+                lines.append(f"- N = {share:g} %: {order} - random = {100 * mean:+.1f} J&F points over {len(paired)} "
+                             f"seeds, 95 % bootstrap interval [{100 * low:+.1f}, {100 * high:+.1f}]")  # fmt: skip
+            rows.append([
+                f"{share:g} %", order, _corrected_expressions(args.work, f"{order}{share:g}", done), len(done), _spread([final_jf(r) for r in done.values()]),
+                _spread([p for r in done.values() if (p := _precision(r)) is not None]), difference,
+            ])  # fmt: skip
+    header = ["N reviewed", "order", "expressions corrected (mean)", "seeds", "final J&F", "r0 refined precision",
+              "minus random, same seeds (J&F points, 95 % interval)"]  # fmt: skip
     compute = sum(r["seconds"] for per in results.values() for r in per.values())
     body = "\n".join([
         "Regime F of the synthetic set (first frame labelled), one pseudo-labeling round; an oracle corrects N % of",
         "round 0's pseudo-labelled (expression, frame) pairs with the hidden dense masks, chosen by the teacher's",
-        "uncertainty (mean entropy over its object, border and unsure pixels) or at random. J&F: the final",
-        "student on the valid split; precision: round 0's refined pseudo-labels against the hidden masks.", "",
+        "uncertainty (mean entropy over its object, border and unsure pixels: `uncertainty` highest first, `spread`",
+        "each object's highest first, then each object's second, ...) or at random. J&F: the final student on the",
+        "valid split; precision: round 0's refined pseudo-labels against the hidden masks.", "",
         markdown_table(header, rows), "", *lines, "",
         f"Seeds: {seeds}. Settings: {[*(QUICK if args.quick else SYNTH), *SETTINGS]}.",
         f"Wall time of this invocation: {wall / 60:.1f} min; pipeline time of every run shown: {compute / 60:.1f} min, "

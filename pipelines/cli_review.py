@@ -21,7 +21,13 @@ def review_export(
     round_: Annotated[int, typer.Option("--round", help="Round whose teacher labels are reviewed (0 = the first).")],
     count: Annotated[int, typer.Option(help="(expression, frame) pairs to send.")],
     out: Annotated[Path, typer.Option(help="Export folder: tasks.json, label_config.xml, coco.json, images/.")],
-    by: Annotated[str, typer.Option(help="uncertainty (least certain first) or random.")] = "uncertainty",
+    by: Annotated[
+        str,
+        typer.Option(
+            help="uncertainty (least certain first), spread (each object's least certain frame, then its "
+            "second, ...) or random."
+        ),
+    ] = "uncertainty",
     per_video: Annotated[int | None, typer.Option(help="At most this many pairs of one video.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of --by random.")] = 0,
     image_root: Annotated[
@@ -31,8 +37,8 @@ def review_export(
     """The frames of a round's teacher most worth a person's look, as a Label Studio import and COCO."""
     from pipelines.review import export_queue
 
-    if by not in ("uncertainty", "random"):
-        raise UserError(f"--by must be uncertainty or random (got {by!r})")
+    if by not in ("uncertainty", "spread", "random"):
+        raise UserError(f"--by must be uncertainty, spread or random (got {by!r})")
     done = export_queue(run.resolve(), round_, count, by, out, per_video=per_video, seed=seed, image_root=image_root)
     scores = [item.score for item in done.items]
     typer.echo(

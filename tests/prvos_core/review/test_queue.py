@@ -58,6 +58,9 @@ def test_choose_by_score_one_pair_per_object_frame_and_a_cap_per_video():
     ]
     assert [i.key for i in choose(items, 3, "uncertainty")] == ["e1/00001", "e1/00002", "e3/00002"]
     assert [i.key for i in choose(items, 3, "uncertainty", per_video=1)] == ["e1/00001", "e4/00001"]
+    # spread: each object's best frame (objects by that score), then each object's second best
+    assert [i.key for i in choose(items, 4, "spread")] == ["e1/00001", "e3/00002", "e4/00001", "e1/00002"]
+    assert [i.key for i in choose(items, 9, "spread", per_video=2)] == ["e1/00001", "e3/00002", "e4/00001", "e4/00003"]
     drawn = choose(items, 4, "random", seed=1)
     assert len(drawn) == 4 and len({(i.video_id, i.target, i.frame_id) for i in drawn}) == 4
     assert [i.key for i in choose(items, 4, "random", seed=1)] == [i.key for i in drawn]  # seeded
