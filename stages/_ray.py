@@ -26,6 +26,7 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import ray
 from ray.exceptions import RayActorError, RayTaskError
+from ray.util.annotations import RayDeprecationWarning
 
 from prvos_core import faults, storage
 from prvos_core.config import EvaluateSection, InferSection
@@ -269,17 +271,21 @@ def _pool_rows(
     import ray.data
 
     items = [{_UNIT: "\t".join(unit)} for unit in units if unit]
-    dataset = ray.data.from_items(items).map_batches(
-        actor,
-        fn_constructor_args=arguments,
-        compute=ray.data.ActorPoolStrategy(size=min(cfg.actors, len(items))),
-        num_cpus=cfg.cpus_per_actor,
-        num_gpus=cfg.gpus_per_actor,
-        batch_size=1,
-        batch_format="numpy",
-        runtime_env=fault_runtime_env(),
-        max_restarts=0,  # run_pool starts a new pool instead
-    )
+    with warnings.catch_warnings():
+        # max_restarts has no named parameter in map_batches yet; Ray 2.60 (pinned) takes it as a remote arg
+        # and warns that this form goes away in 2.64.
+        warnings.simplefilter("ignore", RayDeprecationWarning)
+        dataset = ray.data.from_items(items).map_batches(
+            actor,
+            fn_constructor_args=arguments,
+            compute=ray.data.ActorPoolStrategy(size=min(cfg.actors, len(items))),
+            num_cpus=cfg.cpus_per_actor,
+            num_gpus=cfg.gpus_per_actor,
+            batch_size=1,
+            batch_format="numpy",
+            runtime_env=fault_runtime_env(),
+            max_restarts=0,  # run_pool starts a new pool instead
+        )
     arrived: dict[str, list[dict]] = {}
     failure = None
     rows = iter(dataset.iter_rows())

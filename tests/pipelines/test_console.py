@@ -43,6 +43,7 @@ def test_a_run_prints_no_ray_notice_and_keeps_its_table_rows_whole(tmp_path):
     assert "Token authentication" not in done.stderr, done.stderr[-3000:]
     assert "core_worker.cc" not in done.stderr, done.stderr[-3000:]  # e.g. the pool actors' constructor arguments
     assert "INFO mlflow" not in done.stderr and "Updating database tables" not in done.stderr, done.stderr[-3000:]
+    assert "Warning:" not in done.stderr, done.stderr[-3000:]  # e.g. Ray Data's deprecation of remote args
 
     run_dir = tmp_path / "runs" / "console"
     lines = done.stdout.splitlines()
