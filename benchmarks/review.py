@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--orders", nargs="+", default=list(ORDERS), choices=list(ORDERS), help="review orders to run")
     parser.add_argument("--quick", action="store_true", help="one seed, tiny sizes, N = 10 %%")
     parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra config override")
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("--report", action="store_true", help="only write the table of what is done")
     args = parser.parse_args()
@@ -65,6 +66,7 @@ def main() -> None:
                 *sizes,
                 f"run.seed={seed}",
                 *SETTINGS,
+                *args.overrides,
             ]
             outcome = run_variant("none", seed, "review", base, args.work, not args.report)
             if outcome is None:
@@ -144,6 +146,8 @@ def _report(results: dict, seeds: list[int], shares: list[float], args, wall: fl
         randomly = results.get(("random", share), {})
         for order in chosen:
             done = results.get((order, share), {})
+            if not done:
+                continue
             difference = "-"
             if order != "random":
                 paired = sorted(set(done) & set(randomly))
@@ -167,7 +171,7 @@ def _report(results: dict, seeds: list[int], shares: list[float], args, wall: fl
         "each object's highest first, then each object's second, ...) or at random. J&F: the final student on the",
         "valid split; precision: round 0's refined pseudo-labels against the hidden masks.", "",
         markdown_table(header, rows), "", *lines, "",
-        f"Seeds: {seeds}. Settings: {[*(QUICK if args.quick else SYNTH), *SETTINGS]}.",
+        f"Seeds: {seeds}. Settings: {[*(QUICK if args.quick else SYNTH), *SETTINGS, *args.overrides]}.",
         f"Wall time of this invocation: {wall / 60:.1f} min; pipeline time of every run shown: {compute / 60:.1f} min, "
         f"on {args.cpus} CPUs.",
     ])  # fmt: skip
