@@ -182,6 +182,8 @@ class TrainSection(Section):
     gt_source: Literal["annotations", "full_annotations"] = "annotations"  # full: the upper-bound ablation
     min_crop: float = Field(0.8, gt=0, le=1)  # augmentation: crop side drawn from [min_crop, 1]
     brightness: float = Field(0.1, ge=0, lt=1)  # augmentation: brightness factor in [1 - b, 1 + b]
+    static_clips: float = Field(0.0, ge=0, le=1)  # chance of a static clip (prvos_core.data.clips.ClipSpec.static)
+    first_mask_gt: float = Field(0.0, ge=0, le=1)  # chance frame 0's GT mask enters memory (ClipSpec.first_mask)
     max_failures: int = Field(1, ge=0)  # Ray Train restarts from the last checkpoint this many times
     # Processes per worker that read clips while it trains, kept across epochs (the clips are the same with any
     # number). An int reserves 1 + that many CPUs per worker; auto: the CPUs Ray gave the worker minus one (1: 0).
@@ -207,14 +209,17 @@ class InferSection(Section):
     encoding: Literal["uint8", "float16"] = "uint8"  # pseudo-label store precision
     memory_frames: int = Field(4, ge=0)  # recent frames kept in memory besides the first
     first_frame_gt: bool = True  # start from the ground-truth mask when the first frame has one
-    # "all": every ground-truth frame of the expression enters memory and the teacher propagates forward and
-    # backward from them, fusing the two passes by temporal distance; "first": forward from frame 0 only.
+    # "all": every ground-truth frame enters memory and is propagated both ways (fused by temporal distance)
     anchors: Literal["all", "first"] = "all"
-    # "entropy": binary entropy of the teacher's probability; "flip": also run the horizontally mirrored video and
-    # average the two passes (uncertainty = entropy of the mean, which bounds their disagreement); expressions
-    # naming left/right keep the plain pass.
+    # "entropy": binary entropy of the teacher's probability; "flip": the mean with the mirrored video's pass
+    # (entropy of the mean bounds their disagreement); expressions naming left/right keep the plain pass.
     uncertainty: Literal["entropy", "flip"] = "entropy"
     teacher: Literal["ema", "student"] = "ema"  # the EMA of the student, or its raw last weights
+    # Share of label propagation by feature matching from the frames in memory in each labelled frame
+    # (prvos_core.inference.matching): it carries the anchors' masks before any memory read is trained.
+    match_weight: float = Field(0.0, ge=0, le=1)
+    match_temperature: float = Field(0.02, gt=0)  # softmax temperature over cosine similarities
+    match_top_k: int = Field(5, ge=1)  # memory positions each query position reads
     # An actor labels a video's expressions together: each frame decoded and encoded by the backbone once, its
     # features kept while the video is labelled (r50 at 384x640: ~30 MB per frame). false: one expression at a time.
     share_frames: bool = True

@@ -25,6 +25,7 @@ from typing import ClassVar
 from prvos_core import storage
 from prvos_core.config import InferSection
 from prvos_core.data.manifest import Expression, Video
+from prvos_core.inference.matching import Matching
 from prvos_core.inference.predict import VideoFrames, check_prediction_inputs, predictor_identity
 from prvos_core.pseudo.store import (
     INDEX_FILE,
@@ -113,6 +114,7 @@ class TeacherActor(PredictorActor):
         super().__init__(inputs, cfg, cfg.teacher)
         self.teacher = teacher
         self.store = open_store(storage.join(inputs.out_dir, PSEUDO_STORE))
+        self.matching = Matching(cfg.match_weight, cfg.match_temperature, cfg.match_top_k)
 
     def handle(self, expression: Expression, video: Video, frames: VideoFrames) -> list[dict]:
         """Write every frame of one expression, commit it, and return its index rows (one per frame)."""
@@ -122,7 +124,7 @@ class TeacherActor(PredictorActor):
         rows = []
         predictions = self.predictor.predict(
             expression, video, size, first_mask_from_gt=self.cfg.first_frame_gt, anchors=self.cfg.anchors,
-            flip=self.cfg.uncertainty == "flip", frames=frames,
+            flip=self.cfg.uncertainty == "flip", frames=frames, matching=self.matching,
         )  # fmt: skip
         # With flip, prob is the mean m of the two passes and H(m) their mean entropy plus their disagreement; it
         # bounds |p - p_flip| (<= 2 min(m, 1 - m) <= H(m)), so a max with the disagreement would add nothing.
@@ -155,6 +157,7 @@ def _inputs_digest(
         "first_frame_gt": cfg.first_frame_gt,
         "anchors": cfg.anchors,
         "uncertainty": cfg.uncertainty,
+        "matching": [cfg.match_weight, cfg.match_temperature, cfg.match_top_k],
         "expressions": sorted(records),
     }
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()

@@ -164,7 +164,12 @@ def train_loop(config: dict) -> None:
     torch.manual_seed(inputs.seed + inputs.round_index)
 
     spec = ClipSpec(
-        cfg.clip_frames, input_size(inputs.model.size, inputs.model.input_size), cfg.min_crop, cfg.brightness
+        cfg.clip_frames,
+        input_size(inputs.model.size, inputs.model.input_size),
+        cfg.min_crop,
+        cfg.brightness,
+        static=cfg.static_clips,
+        first_mask=cfg.first_mask_gt,
     )
     text = TextCache(inputs.text_cache, inputs.text_identity).load_all()
     sources = clip_sources(
@@ -235,7 +240,9 @@ def train_loop(config: dict) -> None:
             labels = batch["labels"].to(device, non_blocking=True).long()
             weights = batch["weights"].to(device, non_blocking=True)
             words, word_mask = batch["words"].to(device), batch["word_mask"].to(device)
-            logits = forward(model, frames, words, word_mask, precision)
+            first_given = batch["first_given"].to(device)
+            first_mask = (labels[:, 0] == 1).to(frames.dtype) if bool(first_given.any()) else None
+            logits = forward(model, frames, words, word_mask, precision, first_mask, first_given)
             loss = clip_loss(logits, labels, weights, cfg.rest_weight, cfg.dice_weight).total
             optimizer_step(loss, optimizer, scaler)
             teacher.update(student)

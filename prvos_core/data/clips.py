@@ -35,6 +35,13 @@ class ClipSpec:
     size: tuple[int, int] = (96, 96)  # model input height, width
     min_crop: float = 0.8  # crop box side as a share of the frame, drawn from [min_crop, 1]; 1 = no crop
     brightness: float = 0.1  # brightness factor drawn from [1 - b, 1 + b]; colour stays (expressions name colours)
+    # Chance that a clip of an expression with a single labelled frame is a static clip: T views of that frame
+    # (`drifting_boxes`), each labelled, so that L_rest trains the memory read where no second label exists.
+    static: float = 0.0
+    drift: float = 0.08  # a static clip's crop box moves by up to this share of its side per frame
+    # Chance that a clip whose first frame is ground truth gives that mask to the memory (`Clip.first_given`), as
+    # the teacher's anchors do; else the student's own prediction of frame 0 enters memory, as in evaluation.
+    first_mask: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,7 @@ class Clip:
     word_mask: torch.Tensor  # (L,) bool, True = real token
     frame_ids: tuple[str, ...]
     expression_id: str
+    first_given: bool = False  # frame 0's ground-truth mask enters memory in training (ClipSpec.first_mask)
 
 
 class ClipDataset(Dataset):
@@ -131,8 +139,14 @@ class ClipDataset(Dataset):
         rng = np.random.default_rng((self.seed, epoch, index))
         frame_ids = choose_clip_frames(source, self.spec.frames, rng)
         box, brightness = self._augmentation(rng)
-        frames, labels, weights = self._load(source, frame_ids, box)
+        boxes = [box] * len(frame_ids)
+        if self.spec.static > 0 and len(source.labelled) == 1 and rng.random() < self.spec.static:
+            frame_ids = source.labelled * self.spec.frames
+            boxes = drifting_boxes(box, self.spec.frames, self.spec.drift, rng)
+        frames, labels, weights = self._load(source, frame_ids, boxes)
         frames = np.clip(frames.astype(np.float32) * brightness, 0, 255).astype(np.uint8)
+        first_given = self.spec.first_mask > 0 and frame_ids[0] in source.gt_frames
+        first_given = first_given and rng.random() < self.spec.first_mask
         words, word_mask = self.text_lookup([source.expression.text])
         return Clip(
             torch.from_numpy(frames),
@@ -142,6 +156,7 @@ class ClipDataset(Dataset):
             word_mask[0],
             frame_ids,
             source.expression.expression_id,
+            bool(first_given),
         )
 
     def _source_index(self, epoch: int, index: int) -> int:
@@ -161,7 +176,7 @@ class ClipDataset(Dataset):
         brightness = rng.uniform(1 - self.spec.brightness, 1 + self.spec.brightness)
         return Box(y0, x0, y0 + side, x0 + side), float(brightness)
 
-    def _load(self, source: ClipSource, frame_ids: tuple[str, ...], box: Box):
+    def _load(self, source: ClipSource, frame_ids: tuple[str, ...], boxes: list[Box]):
         video, size = source.video, self.spec.size
         paths = video.paths
         gt, pseudo = set(source.gt_frames), set(source.pseudo_frames) - set(source.gt_frames)
@@ -170,7 +185,7 @@ class ClipDataset(Dataset):
         labels = np.full((len(frame_ids), *size), IGNORE_LABEL, np.uint8)
         weights = np.zeros((len(frame_ids), *size), np.float32)
         position = {frame: index for index, frame in enumerate(video.frame_ids)} if self.frames else {}
-        for t, frame_id in enumerate(frame_ids):
+        for t, (frame_id, box) in enumerate(zip(frame_ids, boxes, strict=True)):
             if self.frames is not None:
                 frames[t] = self.frames.frame(video, position[frame_id], size, box)
             else:
@@ -193,6 +208,20 @@ class ClipDataset(Dataset):
             self._refined = open_store(self.refined_store_uri, mode="r")
         refined = read_refined(self._refined, source.expression.expression_id, frame_ids)
         return {f: (refined.label[i], refined.weight[i]) for i, f in enumerate(refined.frame_ids)}
+
+
+def drifting_boxes(box: Box, count: int, drift: float, rng: np.random.Generator) -> list[Box]:
+    """`count` crop boxes of `box`'s size, the first `box` itself, each next one moved from the last by up to
+    `drift` x its side in y and x and kept inside the frame: the object moves across the views of a static clip
+    as it would across frames, so reading the mask from memory means finding where it went (static-image
+    training of memory networks, as STM's pre-training on images)."""
+    height, width = box.y1 - box.y0, box.x1 - box.x0
+    boxes, y0, x0 = [box], box.y0, box.x0
+    for _ in range(count - 1):
+        y0 = float(np.clip(y0 + rng.uniform(-drift, drift) * height, 0.0, 1.0 - height))
+        x0 = float(np.clip(x0 + rng.uniform(-drift, drift) * width, 0.0, 1.0 - width))
+        boxes.append(Box(y0, x0, y0 + height, x0 + width))
+    return boxes
 
 
 def choose_clip_frames(source: ClipSource, length: int, rng: np.random.Generator) -> tuple[str, ...]:
@@ -229,7 +258,8 @@ def choose_clip_frames(source: ClipSource, length: int, rng: np.random.Generator
 
 
 def collate_clips(clips: list[Clip]) -> dict[str, torch.Tensor | list]:
-    """Stack clips into a batch: frames (B, T, 3, H, W) uint8, labels (B, T, H, W), weights, words, word_mask."""
+    """Stack clips into a batch: frames (B, T, 3, H, W) uint8, labels (B, T, H, W), weights, words, word_mask,
+    first_given (B,) bool."""
     return {
         "frames": torch.stack([c.frames for c in clips]),
         "labels": torch.stack([c.labels for c in clips]),
@@ -237,6 +267,7 @@ def collate_clips(clips: list[Clip]) -> dict[str, torch.Tensor | list]:
         "words": torch.stack([c.words for c in clips]),
         "word_mask": torch.stack([c.word_mask for c in clips]),
         "expression_ids": [c.expression_id for c in clips],
+        "first_given": torch.tensor([c.first_given for c in clips], dtype=torch.bool),
     }
 
 

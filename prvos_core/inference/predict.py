@@ -27,6 +27,7 @@ from prvos_core.data.frames import decode_frame, decode_reduction, resize_frame,
 from prvos_core.data.manifest import Expression, Manifest, Video, read_manifest
 from prvos_core.data.object_masks import ground_truth_mask
 from prvos_core.errors import DataError, UserError
+from prvos_core.inference.matching import Matching
 from prvos_core.inference.propagation import AnchoredPropagation, EncodedFrames, iter_propagate
 from prvos_core.model.checkpoint import EMA_FILE, MODEL_FILE, load_checkpoint, read_checkpoint_meta
 from prvos_core.model.urvos import URVOS
@@ -185,6 +186,7 @@ def _predictions(
     word_mask: torch.Tensor,
     masks: dict[int, torch.Tensor],
     memory_frames: int,
+    matching: Matching | None = None,
 ) -> Iterator[torch.Tensor]:
     """Each frame's foreground probability (h, w), in order; of the mirrored video with `flip` (its masks
     flipped in, its predictions flipped back)."""
@@ -192,9 +194,9 @@ def _predictions(
         masks = {t: mask.flip(-1) for t, mask in masks.items()}
     view = frames.view(flip)
     if _anchored(masks):
-        propagation = iter(AnchoredPropagation(model, view, words, word_mask, masks, memory_frames))
+        propagation = iter(AnchoredPropagation(model, view, words, word_mask, masks, memory_frames, matching))
     else:
-        propagation = iter_propagate(model, view, words, word_mask, masks.get(0), memory_frames)
+        propagation = iter_propagate(model, view, words, word_mask, masks.get(0), memory_frames, matching)
     for prob in propagation:
         yield prob.flip(-1) if flip else prob
 
@@ -220,6 +222,7 @@ def predict_expression(
     anchors: Anchors = "first",
     flip: bool = False,
     frames: VideoFrames | None = None,
+    matching: Matching | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (frame index, foreground probability (h, w) float32 at `input_size`) for every frame of the video.
 
@@ -231,7 +234,8 @@ def predict_expression(
     flip: horizontal-flip test-time augmentation, the mean of the video's and the mirrored video's prediction
     (flipped back); not for an expression that names a side (`names_a_side`), which keeps the plain one.
     frames: the video's `VideoFrames` shared with its other expressions (same model and input size); None: this
-    expression's own. Sharing changes no bit of the output.
+    expression's own. Sharing changes no bit of the output. matching: blend every predicted frame with label
+    propagation from the frames in memory (`prvos_core.inference.matching`); None: the model alone.
     """
     if frames is None:
         frames = VideoFrames(model, video, input_size)
@@ -239,12 +243,12 @@ def predict_expression(
         raise ValueError(f"frames of video {frames.video_id} at {frames.input_size} do not fit this prediction")
     masks = _anchor_masks(video, expression, input_size, anchors) if first_mask_from_gt else {}
     flip = flip and not names_a_side(expression.text)
-    plain = _predictions(model, frames, False, words, word_mask, masks, memory_frames)
+    plain = _predictions(model, frames, False, words, word_mask, masks, memory_frames, matching)
     if not flip:
         for index, prob in enumerate(plain):
             yield index, prob.float().cpu().numpy()
         return
-    mirrored = _predictions(model, frames, True, words, word_mask, masks, memory_frames)
+    mirrored = _predictions(model, frames, True, words, word_mask, masks, memory_frames, matching)
     for index, (prob, unflipped) in enumerate(zip(plain, mirrored, strict=True)):
         yield index, ((prob.float() + unflipped.float()) / 2).cpu().numpy()
 
@@ -312,6 +316,7 @@ class Predictor:
         anchors: Anchors = "first",
         flip: bool = False,
         frames: VideoFrames | None = None,
+        matching: Matching | None = None,
     ) -> Iterator[tuple[int, np.ndarray]]:
         """(frame index, foreground probability (h, w) float32 at `input_size`) for every frame of the video,
         from the expression's cached token features (`predict_expression`; evaluation keeps the defaults).
@@ -329,6 +334,7 @@ class Predictor:
             anchors=anchors,
             flip=flip,
             frames=frames,
+            matching=matching,
         )
 
     def frames(self, video: Video, input_size: tuple[int, int]) -> VideoFrames:

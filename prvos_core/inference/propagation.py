@@ -10,6 +10,9 @@ Two ways, sharing the model's named steps:
   the object is propagated from the anchors both ways: a backward pass (last anchor -> frame 0) and a forward
   pass (first anchor -> last frame), fused per frame by the distance to the nearest anchor on each side.
 
+Both can blend each predicted frame with label propagation by feature matching from the same memory
+(`prvos_core.inference.matching`, `matching=`), which carries an anchor's mask before any memory read is trained.
+
 Both read frames through `EncodedFrames`: frame t on the model's device and its backbone features, encoded the
 first time a pass asks. The features do not depend on the text, so the expressions of one video can share one
 `EncodedFrames` (`keep=True`): each frame is then encoded once per video instead of once per expression and pass.
@@ -24,6 +27,7 @@ from typing import NamedTuple
 
 import torch
 
+from prvos_core.inference.matching import LabelBank, Matching
 from prvos_core.model.urvos import URVOS
 
 DEFAULT_MEMORY_SIZE = 4
@@ -143,6 +147,7 @@ def iter_propagate(
     word_mask: torch.Tensor,
     first_mask: torch.Tensor | None = None,
     memory_size: int = DEFAULT_MEMORY_SIZE,
+    matching: Matching | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield each frame's foreground probability in order, so a writer can stream them.
 
@@ -150,14 +155,16 @@ def iter_propagate(
     Runs under `torch.inference_mode`, entered around each step only (the decorator handles generators),
     so the consumer's own code between frames is unaffected.
     frames (T,3,H,W) in [0,1], words (L,Dt), word_mask (L,) bool True = real token, first_mask (H,W) in {0,1}
-    or None, memory_size: recent frames kept besides the first -> yields T tensors (H,W) float32 in [0,1]
-    on the model's device (frame 0 is `first_mask` itself when given).
+    or None, memory_size: recent frames kept besides the first, matching: blend each later frame with label
+    propagation (None or weight 0: the model alone) -> yields T tensors (H,W) float32 in [0,1] on the model's
+    device (frame 0 is `first_mask` itself when given).
     """
     _check(model, frames)
     encoded = _encoded(model, frames)
     device = encoded.device
     size = (frames.shape[-2], frames.shape[-1])
     memory = MemoryBank(memory_size)
+    labels = _label_bank(memory_size, matching)
     query = _Query.encode(model, words, word_mask, device)
     for t in range(frames.shape[0]):
         frame, features = encoded[t]
@@ -165,12 +172,20 @@ def iter_propagate(
             prob = first_mask.to(device=device, dtype=torch.float32).unsqueeze(0)
         else:
             prob = _segment(model, features, memory, query, size)
+            if labels is not None:
+                prob = labels.blend(prob, features)
         entry = model.encode_memory(features, frame, prob)
         if t == 0:
             memory.anchor(*entry)
         else:
             memory.add(*entry)
+        if labels is not None:
+            (labels.anchor if t == 0 else labels.add)(features, prob)
         yield prob[0]
+
+
+def _label_bank(memory_size: int, matching: Matching | None) -> LabelBank | None:
+    return LabelBank(memory_size, matching) if matching is not None and matching.weight > 0 else None
 
 
 def propagate(
@@ -180,9 +195,10 @@ def propagate(
     word_mask: torch.Tensor,
     first_mask: torch.Tensor | None = None,
     memory_size: int = DEFAULT_MEMORY_SIZE,
+    matching: Matching | None = None,
 ) -> torch.Tensor:
     """All frames at once: same arguments as `iter_propagate` -> prob (T,H,W) float32 foreground probability."""
-    return torch.stack(list(iter_propagate(model, frames, words, word_mask, first_mask, memory_size)))
+    return torch.stack(list(iter_propagate(model, frames, words, word_mask, first_mask, memory_size, matching)))
 
 
 class AnchoredPropagation:
@@ -211,12 +227,13 @@ class AnchoredPropagation:
         word_mask: torch.Tensor,
         anchors: Mapping[int, torch.Tensor],
         memory_size: int = DEFAULT_MEMORY_SIZE,
+        matching: Matching | None = None,
     ) -> None:
         _check(model, frames)
         length = frames.shape[0]
         if not anchors or not all(0 <= t < length for t in anchors):
             raise ValueError(f"anchors must name at least one frame, each in 0..{length - 1}; got {sorted(anchors)}")
-        self.model, self.memory_size = model, memory_size
+        self.model, self.memory_size, self.matching = model, memory_size, matching
         # Frames between the anchors are read by both passes: their features are kept for the second one.
         self.frames = frames if isinstance(frames, EncodedFrames) else EncodedFrames(model, frames, keep=True)
         _encoded(model, self.frames)
@@ -234,12 +251,19 @@ class AnchoredPropagation:
         """One pass over the frames in `order`: (t, prob (H,W) float32), an anchor's mask itself, else the model's
         prediction with every anchor and this pass's `memory_size` latest predicted frames in memory."""
         memory = MemoryBank(self.memory_size, self.entries)
+        labels = _label_bank(self.memory_size, self.matching)
+        if labels is not None:
+            for t, mask in self.masks.items():
+                labels.anchor(self.frames[t][1], mask.unsqueeze(0))
         for t in order:
             if t in self.masks:
                 yield t, self.masks[t]
                 continue
             frame, features = self.frames[t]
             prob = _segment(self.model, features, memory, self.query, self.size)
+            if labels is not None:
+                prob = labels.blend(prob, features)
+                labels.add(features, prob)
             memory.add(*self.model.encode_memory(features, frame, prob))
             yield t, prob[0]
 

@@ -75,6 +75,11 @@ class MemoryValueEncoder(nn.Module):
             if index < len(widths) - 2:
                 layers.append(nn.ReLU())
         self.mask = nn.Sequential(*layers)
+        # Both inputs are normalised before they meet: res4 of a pretrained backbone is ~400x larger than what four
+        # freshly initialised convs make of the mask, and a plain concatenation left the value (and so every
+        # memory read) blind to the mask: a ground-truth first frame changed later predictions by ~1e-5.
+        self.res4_norm = nn.GroupNorm(1, res4_channels)
+        self.mask_norm = nn.GroupNorm(1, mask_dim)
         self.fuse = nn.Conv2d(res4_channels + mask_dim, value_dim, 1)
         self.block = ResBlock(value_dim)
 
@@ -83,7 +88,7 @@ class MemoryValueEncoder(nn.Module):
         if mask_features.shape[-2:] != res4.shape[-2:]:
             # Sizes that are not multiples of 16 round differently in the two paths.
             mask_features = F.interpolate(mask_features, size=res4.shape[-2:], mode="bilinear", align_corners=False)
-        return self.block(self.fuse(torch.cat([res4, mask_features], dim=1)))
+        return self.block(self.fuse(torch.cat([self.res4_norm(res4), self.mask_norm(mask_features)], dim=1)))
 
 
 def read_memory(query_key: torch.Tensor, memory_keys: torch.Tensor, memory_values: torch.Tensor) -> torch.Tensor:

@@ -78,12 +78,19 @@ def model_frames(frames: torch.Tensor, device: torch.device | str, *, channels_l
 
 
 def forward(
-    model: nn.Module, frames: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor, precision: Precision
+    model: nn.Module,
+    frames: torch.Tensor,
+    words: torch.Tensor,
+    word_mask: torch.Tensor,
+    precision: Precision,
+    first_mask: torch.Tensor | None = None,
+    first_given: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The model's clip logits (B,T,2,H,W), computed under autocast at `precision`, returned in float32 (the loss
-    is computed in full precision)."""
+    is computed in full precision). first_mask, first_given: frame 0's memory mask and the rows that take it
+    (`URVOS.forward_clip`)."""
     with torch.autocast(frames.device.type, dtype=precision.dtype, enabled=precision.dtype is not None):
-        logits = model(frames, words, word_mask)
+        logits = model(frames, words, word_mask, first_mask, first_given)
     return logits.float()
 
 

@@ -135,15 +135,17 @@ class URVOS(nn.Module):
         words: torch.Tensor,
         word_mask: torch.Tensor,
         first_mask: torch.Tensor | None = None,
+        first_given: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Segment a clip as inference does, frame after frame: frame 0 without memory, frame t reading the
         memory of frames 0..t-1.
 
         frames (B,T,3,H,W) in [0,1], words (B,L,Dt), word_mask (B,L) bool True = real token,
-        first_mask (B,H,W) in {0,1} or None -> logits (B,T,2,H,W).
+        first_mask (B,H,W) in {0,1} or None, first_given (B,) bool or None (every row) -> logits (B,T,2,H,W).
 
-        Memory of frame 0 is encoded with `first_mask` when given (ground truth, as inference with a
-        first-frame mask), else with its own predicted probability; every later frame enters memory with its
+        Memory of frame 0 is encoded with `first_mask` in the rows `first_given` names (ground truth, as the
+        teacher's anchors and inference with a first-frame mask), else with its own predicted probability;
+        every later frame enters memory with its
         own predicted probability, detached, so training sees the errors that propagation will feed itself
         and no gradient runs through the chain of predictions. Frame 0's logits are always the memory-less
         prediction, which the loss trains as L_first.
@@ -171,10 +173,13 @@ class URVOS(nn.Module):
             logits.append(frame_logits)
             if t == length - 1:
                 break
+            mask_prob = frame_logits.detach().softmax(dim=1)[:, 1]
             if t == 0 and first_mask is not None:
-                mask_prob = first_mask.to(frames.dtype)
-            else:
-                mask_prob = frame_logits.detach().softmax(dim=1)[:, 1]
+                given = first_mask.to(mask_prob.dtype)
+                if first_given is None:
+                    mask_prob = given
+                else:
+                    mask_prob = torch.where(first_given.view(-1, 1, 1), given, mask_prob)
             key, value = self.encode_memory(frame_features, frames[:, t], mask_prob)
             keys.append(key)
             values.append(value)
@@ -186,9 +191,10 @@ class URVOS(nn.Module):
         words: torch.Tensor,
         word_mask: torch.Tensor,
         first_mask: torch.Tensor | None = None,
+        first_given: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Same as `forward_clip` (so wrappers such as DistributedDataParallel see it)."""
-        return self.forward_clip(frames, words, word_mask, first_mask)
+        return self.forward_clip(frames, words, word_mask, first_mask, first_given)
 
     # --- which parts train -------------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from prvos_core.data.clips import (
     clip_loader,
     clip_sources,
     collate_clips,
+    drifting_boxes,
 )
 from prvos_core.data.frames import decode_frame, read_object_mask, resize_frame, resize_map
 from prvos_core.data.ids import expression_id
@@ -117,6 +118,64 @@ def test_deterministic_by_seed_epoch_and_index(dataset_root):
     assert any(not torch.equal(clips[0].frames, c.frames) for c in clips[1:])
     first.set_epoch(1)
     assert not torch.equal(first[0].frames, second[0].frames)
+
+
+def _first_frame_only(root):
+    source = _source(root)
+    return replace(source, gt_frames=("00000",), expression=replace(source.expression, gt_frames=("00000",)))
+
+
+def test_a_static_clip_shows_the_one_labelled_frame_in_drifting_crops_each_labelled(dataset_root):
+    source = _first_frame_only(dataset_root)
+    spec = ClipSpec(frames=4, size=SIZE, min_crop=0.6, brightness=0.0, static=1.0, drift=0.1)
+    dataset = ClipDataset([source], fake_text, spec, seed=2)
+    clip = dataset[0]
+    assert clip.frame_ids == ("00000",) * 4
+    rng = np.random.default_rng((2, 0, 0))
+    choose_clip_frames(source, 4, rng)
+    box, _ = dataset._augmentation(rng)
+    rng.random()
+    boxes = drifting_boxes(box, 4, 0.1, rng)
+    assert boxes[0] == box and len({(b.y0, b.x0) for b in boxes}) == 4, "every view has its own crop"
+    paths = SplitPaths(dataset_root, "train")
+    image = decode_frame(str(paths.frame_path("synth0000", "00000")))
+    mask = read_object_mask(str(paths.mask_path("synth0000", "00000")), "1")
+    for t, view in enumerate(boxes):
+        side = (round(view.y1 - view.y0, 9), round(view.x1 - view.x0, 9))
+        assert side == (round(box.y1 - box.y0, 9), round(box.x1 - box.x0, 9)), "the crop moves, its size stays"
+        assert 0 <= view.y0 and view.y1 <= 1 and 0 <= view.x0 and view.x1 <= 1
+        assert torch.equal(clip.frames[t], torch.from_numpy(resize_frame(image, SIZE, view)))
+        assert torch.equal(clip.labels[t], torch.from_numpy(resize_map(mask, SIZE, view)))
+    assert bool((clip.weights == 1).all()), "every view is ground truth: L_rest trains the memory read"
+    assert not torch.equal(clip.labels[0], clip.labels[3]), "the object moves across the views"
+
+
+def test_static_clips_only_for_expressions_with_one_labelled_frame_and_only_when_asked(dataset_root):
+    static = ClipSpec(frames=3, size=SIZE, static=1.0)
+    two_labels = ClipDataset([_source(dataset_root)], fake_text, static)[0]
+    assert len(set(two_labels.frame_ids)) == 3
+    one_label = _first_frame_only(dataset_root)
+    plain = ClipDataset([one_label], fake_text, ClipSpec(frames=3, size=SIZE), seed=4)
+    assert plain[0].frame_ids == ("00000", "00001", "00002") and bool((plain[0].labels[1:] == 255).all())
+    half = ClipDataset([one_label], fake_text, replace(static, static=0.5), seed=4, samples_per_source=40)
+    kinds = [len(set(half[i].frame_ids)) for i in range(40)]
+    assert 10 <= kinds.count(1) <= 30 and kinds.count(1) + kinds.count(3) == 40
+
+
+def test_first_given_only_for_clips_starting_on_ground_truth_at_the_asked_rate(dataset_root, tmp_path):
+    source = _source(dataset_root)  # ground truth on 00000 and 00005
+    never = ClipDataset([source], fake_text, ClipSpec(frames=3, size=SIZE), samples_per_source=20)
+    assert not any(never[i].first_given for i in range(20))
+    always = ClipDataset([source], fake_text, ClipSpec(frames=3, size=SIZE, first_mask=1.0), samples_per_source=20)
+    assert all(always[i].first_given == (always[i].frame_ids[0] in source.gt_frames) for i in range(20))
+    half = ClipDataset([source], fake_text, ClipSpec(frames=3, size=SIZE, first_mask=0.5), samples_per_source=60)
+    assert 15 <= sum(half[i].first_given for i in range(60)) <= 45
+    pseudo_only = replace(source, gt_frames=(), pseudo_frames=("00002",),
+                          expression=replace(source.expression, gt_frames=()))  # fmt: skip
+    store, _, _ = _refined_store(tmp_path, pseudo_only)
+    clip = ClipDataset([pseudo_only], fake_text, ClipSpec(frames=3, size=SIZE, first_mask=1.0), refined_store=store)[0]
+    assert not clip.first_given, "a pseudo-labelled first frame never stands in for ground truth"
+    assert collate_clips([always[0], clip])["first_given"].tolist() == [always[0].first_given, False]
 
 
 def test_collate_stacks_a_batch(dataset_root):

@@ -249,6 +249,39 @@ def synthetic_clip(frames: int = 3, size: int = 64, side: int = 18) -> tuple[tor
     return torch.stack(images)[None], torch.stack(masks)[None]
 
 
+def test_first_given_chooses_per_row_between_the_given_mask_and_the_models_own(tiny_random):
+    torch.manual_seed(4)
+    clip = torch.rand(2, 3, 3, 64, 64)
+    words, word_mask = _words()
+    first_mask = (torch.rand(2, 64, 64) > 0.5).float()
+    with torch.no_grad():
+        mixed = tiny_random.forward_clip(clip, words, word_mask, first_mask, torch.tensor([True, False]))
+        given = tiny_random.forward_clip(clip, words, word_mask, first_mask)
+        own = tiny_random.forward_clip(clip, words, word_mask)
+    assert torch.allclose(mixed[0], given[0], atol=1e-5) and torch.allclose(mixed[1], own[1], atol=1e-5)
+    assert not torch.allclose(given[0, 1:], own[0, 1:], atol=1e-4), "the mask in memory changes later frames"
+    assert torch.equal(mixed[:, 0], own[:, 0]), "frame 0 itself is always predicted without memory"
+
+
+def test_the_memory_value_carries_the_mask_next_to_a_pretrained_backbone():
+    """With ImageNet weights res4 is hundreds of times larger than the mask path's first features; the value
+    encoder normalises both, so a frame's memory (and every read of it) says where the object is. Unnormalised,
+    a ground-truth first mask moved later predictions of a trained student by ~1e-5 (the teacher ignored its
+    anchors)."""
+    torch.manual_seed(0)
+    model = build_model("tiny", text_dim=TEXT_DIM, pretrained=True).eval()
+    image = torch.rand(1, 3, 64, 64)
+    mask = torch.zeros(1, 64, 64)
+    mask[:, 16:40, 20:44] = 1
+    with torch.no_grad():
+        features = model.encode_frame(image)
+        assert float(features["res4"].abs().mean()) > 1.0  # the scale that drowned the mask
+        _, with_object = model.encode_memory(features, image, mask)
+        _, without = model.encode_memory(features, image, torch.zeros_like(mask))
+    change = float((with_object - without).abs().mean() / without.abs().mean())
+    assert change > 0.02, f"the mask changes the memory value by {change:.2%} only"
+
+
 def _iou(prediction: torch.Tensor, truth: torch.Tensor) -> float:
     return float((prediction & truth).sum() / (prediction | truth).sum())
 
