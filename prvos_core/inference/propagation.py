@@ -156,7 +156,7 @@ def iter_propagate(
     so the consumer's own code between frames is unaffected.
     frames (T,3,H,W) in [0,1], words (L,Dt), word_mask (L,) bool True = real token, first_mask (H,W) in {0,1}
     or None, memory_size: recent frames kept besides the first, matching: blend each later frame with label
-    propagation (None or weight 0: the model alone) -> yields T tensors (H,W) float32 in [0,1] on the model's
+    propagation from first_mask (None, weight 0 or no first_mask: the model alone) -> yields T tensors (H,W) float32 in [0,1] on the model's
     device (frame 0 is `first_mask` itself when given).
     """
     _check(model, frames)
@@ -164,7 +164,8 @@ def iter_propagate(
     device = encoded.device
     size = (frames.shape[-2], frames.shape[-1])
     memory = MemoryBank(memory_size)
-    labels = _label_bank(memory_size, matching)
+    # Matching carries a known mask; from the model's own first guess it would only repeat that guess.
+    labels = _label_bank(memory_size, matching) if first_mask is not None else None
     query = _Query.encode(model, words, word_mask, device)
     for t in range(frames.shape[0]):
         frame, features = encoded[t]

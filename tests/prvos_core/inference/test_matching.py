@@ -77,6 +77,10 @@ def test_weight_0_is_the_model_alone_bit_for_bit_and_one_anchor_at_0_is_the_forw
     anchored = torch.stack(list(AnchoredPropagation(model, frames, words, word_mask, {0: masks[0]}, matching=half)))
     assert torch.equal(forward, anchored)
     assert not torch.equal(forward, plain)
+    # Without a known first mask there is nothing to carry: the model alone (evaluation, unlabelled videos).
+    assert torch.equal(
+        propagate(model, frames, words, word_mask, None, matching=half), propagate(model, frames, words, word_mask)
+    )
 
 
 @pytest.mark.parametrize("bad", [dict(weight=1.5), dict(temperature=0.0), dict(top_k=0)])
