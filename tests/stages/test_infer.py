@@ -6,6 +6,7 @@ settings (anchors, flip uncertainty) started afresh, and the uint8 size bound.""
 
 from __future__ import annotations
 
+import functools
 import shutil
 import time
 from collections import Counter
@@ -24,6 +25,7 @@ from PIL import Image
 from prvos_core.config import InferSection
 from prvos_core.data.manifest import Manifest, read_manifest, write_manifest
 from prvos_core.errors import CheckpointError, DataError, StorageError
+from prvos_core.inference.matching import Matching
 from prvos_core.inference.predict import load_predictor, names_a_side, predict_expression, predictor_identity
 from prvos_core.model.builders import build_model
 from prvos_core.model.checkpoint import save_checkpoint
@@ -246,6 +248,26 @@ def test_the_store_digest_names_the_anchors_and_the_uncertainty(tiny_run, checkp
     assert digest(InferSection(actors=3, threads_per_actor=2)) == digest(InferSection())  # resources are not inputs
     unlabelled = {key: replace(video, labelled=False) for key, video in videos.items()}
     assert digest(InferSection(), unlabelled) != digest(InferSection())
+    matched = {digest(InferSection(match_weight=w, match_temperature=t)) for w in (0.0, 0.7) for t in (0.02, 0.05)}
+    assert len(matched) == 4 and digest(InferSection()) in matched
+
+
+def test_a_matching_teacher_stores_the_predictor_with_label_propagation(tiny_run, checkpoint, tmp_path,
+                                                                        one_torch_thread):  # fmt: skip
+    manifest = read_manifest(tiny_run.manifest_dir)
+    expression = manifest.split_expressions("train")[0]
+    write_manifest(str(tmp_path / "manifest"), Manifest(manifest.videos, (expression,), ()))
+    cfg = InferSection(actors=1, match_weight=0.7)
+    out = tmp_path / "infer"
+    infer.run(_inputs(tiny_run, checkpoint, out, manifest_dir=str(tmp_path / "manifest")), cfg)
+    model = load_predictor(checkpoint, "ema", torch.device("cpu"))
+    words, mask = TextCache(tiny_run.text_cache, tiny_run.text_identity).lookup([expression.text])
+    label = functools.partial(predict_expression, model, manifest.video_of(expression), expression, words[0], mask[0],
+                              SIZE, first_mask_from_gt=True, memory_frames=cfg.memory_frames, anchors=cfg.anchors)  # fmt: skip
+    direct = np.stack([prob for _, prob in label(matching=Matching(0.7, cfg.match_temperature, cfg.match_top_k))])
+    stored = zarr.open_group(str(out / "pseudo.zarr" / expression.expression_id), mode="r")
+    np.testing.assert_array_equal(stored["prob"][:], quantize_unit(direct))
+    assert not np.array_equal(stored["prob"][:], quantize_unit(np.stack([prob for _, prob in label()])))
 
 
 def test_flip_uncertainty_starts_afresh_and_stores_the_flip_averaged_teacher(tiny_run, checkpoint, clean, tmp_path,
