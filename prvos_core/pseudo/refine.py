@@ -206,7 +206,10 @@ def _choose_frames(
     cfg: RefineSection,
 ) -> tuple[FrameDecision, ...]:
     """One decision per frame: GT frames kept as GT; the others ranked by mean entropy, ties by index, and those
-    with a problem (`_frame_problems`) rejected."""
+    with a problem (`_frame_problems`) rejected. Of the rest, `frame_choice` "certain" keeps the K most certain;
+    "spread" cuts the video into K equal spans and keeps the most certain frame of each: the most certain frames
+    are the ones next to a ground-truth frame (measured in regime F: 119 of 193 chosen frames were frames 1-3),
+    near-copies of it that teach the student little."""
     decisions = {
         t: FrameDecision(t, "ground_truth", True, None, float(frame_entropy[t]), 1.0, "ground_truth") for t in gt_frames
     }
@@ -214,17 +217,22 @@ def _choose_frames(
     candidates.sort(key=lambda t: (frame_entropy[t], t))
     k = cfg.frames_per_expression
     limit = len(candidates) if not cfg.enabled or k is None or k <= 0 else k
-    kept = 0
+    spread = cfg.frame_choice == "spread" and limit < len(candidates)
+    span_of = {t: t * limit // len(frame_entropy) for t in candidates} if spread else {}
+    kept, spans_taken = 0, set()
     for rank, t in enumerate(candidates, start=1):
         ranked = f"rank {rank} of {len(candidates)} by mean entropy {frame_entropy[t]:.3f}"
         if not cfg.enabled:
             keep, reason = True, f"{ranked}; refinement disabled, every frame kept"
         elif t in problems:
             keep, reason = False, f"{ranked}; {problems[t]}"
+        elif spread and span_of[t] in spans_taken:
+            keep, reason = False, f"{ranked}; a more certain frame of span {span_of[t] + 1}/{limit} already kept"
         elif kept >= limit:
             keep, reason = False, f"{ranked}; top {limit} already kept"
         else:
-            keep, reason = True, ranked
+            keep, reason = True, ranked + (f", span {span_of[t] + 1}/{limit}" if spread else "")
+            spans_taken.add(span_of.get(t))
         kept += keep
         decisions[t] = FrameDecision(
             t, "pseudo_label", keep, rank, float(frame_entropy[t]), float(kept_ratio[t]), reason

@@ -307,9 +307,9 @@ class FrameDecision:
     mean_entropy: mean per-pixel uncertainty of the teacher on the frame (lower = more certain).
     kept_ratio: share of the frame's pixels whose confidence reaches their class threshold (1 for GT frames).
     reason: 'ground_truth', or e.g. 'rank 1 of 12 by mean entropy 0.031' for a kept pseudo-labelled frame and
-    'rank 5 of 12 by mean entropy 0.210; top 3 already kept' for a rejected one (other rejections name the
-    kept-pixel ratio, the predicted object area, the best IoU with the neighbouring frames, or a teacher that
-    finds no object: `prvos_core.pseudo.refine`).
+    'rank 5 of 12 by mean entropy 0.210; top 3 already kept' for a rejected one (other rejections name the span
+    whose more certain frame was kept, the kept-pixel ratio, the predicted object area, the best IoU with the
+    neighbouring frames, or a teacher that finds no object: `prvos_core.pseudo.refine`).
     """
 
     frame_index: int

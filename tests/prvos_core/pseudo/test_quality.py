@@ -147,3 +147,23 @@ def test_refinement_raises_pseudo_label_precision_on_real_masks(shared_data):
     assert refined_quality.precision > raw_quality.precision + 0.02
     assert refined_quality.iou > raw_quality.iou
     assert 0.6 < refined_quality.coverage < 0.95
+
+
+def test_spread_frame_choice_keeps_the_most_certain_frame_of_each_span_not_the_neighbours_of_the_ground_truth():
+    # 12 frames, ground truth on frame 0; certainty falls with the distance to it (as a propagating teacher's).
+    entropy = np.linspace(0.05, 0.6, 12)
+    prob = np.zeros((12, 2, 2), np.float32)
+    prob[:, :, 0] = 0.9
+    uncertainty = np.broadcast_to(entropy[:, None, None], prob.shape).astype(np.float32).copy()
+    gt = {0: np.array([[1, 0], [1, 0]], np.uint8)}
+    rules = dict(frames_per_expression=3, min_area_ratio=0.0, max_area_ratio=None, min_temporal_iou=0.0)
+    certain = refine_expression(prob, uncertainty, THRESHOLDS, RefineSection(**rules), gt=gt)
+    assert certain.pseudo_frames == (1, 2, 3)
+    spread = refine_expression(prob, uncertainty, THRESHOLDS, RefineSection(**rules, frame_choice="spread"), gt=gt)
+    assert spread.pseudo_frames == (1, 4, 8)  # spans 0-3, 4-7, 8-11
+    reasons = {d.frame_index: d.reason for d in spread.frames}
+    assert "span 2/3" in reasons[4] and "a more certain frame of span 1/3 already kept" in reasons[2]
+    # With K at least the candidates, both keep every frame.
+    everything = dict(rules, frames_per_expression=11)
+    assert refine_expression(prob, uncertainty, THRESHOLDS, RefineSection(**everything, frame_choice="spread"),
+                             gt=gt).pseudo_frames == tuple(range(1, 12))  # fmt: skip
