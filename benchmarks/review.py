@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra config override")
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("--report", action="store_true", help="only write the table of what is done")
+    parser.add_argument("--out", default=None, help="results file name under benchmarks/results/ (review.md)")
     args = parser.parse_args()
     seeds, shares = ([0], [10.0]) if args.quick else (args.seeds, args.shares)
     sizes = QUICK if args.quick else SYNTH
@@ -177,7 +178,10 @@ def _report(results: dict, seeds: list[int], shares: list[float], args, wall: fl
     ])  # fmt: skip
     command = "python benchmarks/review.py " + " ".join(sys.argv[1:])
     path = write_result(
-        "review_quick.md" if args.quick else "review.md", "Review: uncertainty-chosen vs random", command, body
+        args.out or ("review_quick.md" if args.quick else "review.md"),
+        "Review: uncertainty-chosen vs random",
+        command,
+        body,
     )
     print(body)
     print(f"wrote {path}")
