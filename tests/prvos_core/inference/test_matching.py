@@ -8,20 +8,15 @@ import torch
 
 from prvos_core.inference.matching import MATCH_LEVEL, LabelBank, Matching, match_key
 from prvos_core.inference.propagation import AnchoredPropagation, iter_propagate, propagate
-from prvos_core.model.builders import build_model
+from tests.prvos_core.inference.conftest import TEXT_DIM, tiny_eval_model
 from tests.prvos_core.model.test_model import synthetic_clip
-
-TEXT_DIM = 384
 
 
 @pytest.fixture(scope="module")
 def model():
     """Pretrained backbone (the packaged ImageNet weights), random decoder: a student that learned nothing."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    torch.manual_seed(0)
-    yield build_model("tiny", text_dim=TEXT_DIM, pretrained=True).eval()
-    torch.set_num_threads(previous)
+    with tiny_eval_model(pretrained=True) as built:
+        yield built
 
 
 @pytest.fixture(scope="module")

@@ -8,18 +8,13 @@ import pytest
 import torch
 
 from prvos_core.inference.propagation import AnchoredPropagation, MemoryBank, iter_propagate, propagate
-from prvos_core.model.builders import build_model
-
-TEXT_DIM = 384
+from tests.prvos_core.inference.conftest import TEXT_DIM, tiny_eval_model
 
 
 @pytest.fixture(scope="module")
 def model():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    torch.manual_seed(0)
-    yield build_model("tiny", text_dim=TEXT_DIM, pretrained=False).eval()
-    torch.set_num_threads(previous)
+    with tiny_eval_model(pretrained=False) as built:
+        yield built
 
 
 @pytest.fixture(scope="module")
