@@ -245,6 +245,7 @@ class RefineSection(Section):
     min_weight: float = Field(0.25, ge=0, le=1)  # 'confidence' weighting: weight of a pixel at its class threshold
     frames_per_expression: int | None = 3  # K most certain frames kept per expression, as in the seed; None/<=0: all
     frame_choice: Literal["certain", "spread"] = "certain"  # spread: the most certain of each 1/K of the video
+    oracle_labels: bool = False  # ablation: chosen frames take their hidden masks (label quality vs frame choice)
     min_kept_ratio: float = Field(0.0, ge=0, le=1)  # a frame keeping fewer of its pixels is rejected (0: no minimum)
     # A frame whose predicted object area is outside [min, max] x the mean area on the expression's annotated
     # frames is rejected: the teacher lost the object (or took in a neighbour). 0 / null disable a bound.

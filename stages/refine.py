@@ -163,6 +163,11 @@ def _refine(chunk: list[Job], pseudo_uri: str, refined_uri: str, thresholds: Thr
         gt = ground_truth_masks(expression, video, size)
         refined = refine_expression(pseudo.prob, pseudo.uncertainty, thresholds, cfg, gt)
         summary.add(refined)
+        dense = scoring_masks(expression, video, refined.pseudo_frames, size)
+        scored = frames_quality(refined.label, pseudo.prob, dense)
+        if cfg.oracle_labels:
+            for t, mask in dense.items():
+                refined.label[t], refined.weight[t] = mask, 1.0
         write_refined(
             refined_store,
             RefinedLabel(
@@ -174,8 +179,6 @@ def _refine(chunk: list[Job], pseudo_uri: str, refined_uri: str, thresholds: Thr
                 tuple(pseudo.frame_ids[t] for t in sorted(gt)),
             ),
         )
-        dense = scoring_masks(expression, video, refined.pseudo_frames, size)
-        scored = frames_quality(refined.label, pseudo.prob, dense)
         full_refined, full_teacher = full_refined + scored[0], full_teacher + scored[1]
         rows.extend(frame_decision_rows(expression.expression_id, pseudo.frame_ids, refined.frames))
     return ChunkResult(summary, rows, full_refined, full_teacher)

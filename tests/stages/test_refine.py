@@ -315,6 +315,25 @@ def test_disabled_refinement_keeps_every_pixel_and_frame(round_, tmp_path):
     assert all(storage.read_parquet(result.frames).column("kept").to_pylist())
 
 
+def test_oracle_labels_replace_the_chosen_frames_with_their_hidden_masks_and_nothing_else(
+    round_, default_run, tmp_path
+):
+    result = _run(round_, tmp_path, DEFAULT.model_copy(update={"oracle_labels": True}))
+    default_store, oracle_store = open_store(default_run[0].refined, mode="r"), open_store(result.refined, mode="r")
+    # The summary still scores the teacher's refined labels: the ablation changes what trains, not the measure.
+    assert json.loads((tmp_path / "summary.json").read_text()) == default_run[2]
+    for expression in round_.expressions():
+        default, oracle = (read_refined(s, expression.expression_id) for s in (default_store, oracle_store))
+        assert oracle.pseudo_frames == default.pseudo_frames and oracle.pseudo_frames
+        for t, frame in enumerate(expression.all_frames):
+            if frame in oracle.pseudo_frames:
+                assert np.array_equal(oracle.label[t], round_.mask(expression, frame, "full_annotations"))
+                assert (oracle.weight[t] == 1).all()
+            else:
+                assert np.array_equal(oracle.label[t], default.label[t])
+                assert np.array_equal(oracle.weight[t], default.weight[t])
+
+
 def test_a_split_without_pseudo_frames_leaves_undefined_metrics_out(round_, tmp_path):
     # valid has masks on every frame: nothing is pseudo-labelled and there is no full_annotations folder.
     result = _run(round_, tmp_path, split="valid")
