@@ -12,10 +12,51 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Under `pytest -n 2` (the README's command) two test processes share the cores: one BLAS thread each.
+os.environ.setdefault("OMP_NUM_THREADS", "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+# Test groups for `pytest -n 2 --dist loadgroup` (pyproject's addopts hold the --dist part): a group runs whole
+# on one worker, so a module- or session-scoped fixture is built once. Each file is a group of its own, except
+# files that share an expensive session fixture, which form one. The groups that take minutes are sent first
+# (`--no-loadscope-reorder` keeps this order), so that no worker is left with a long one at the end while the
+# other idles.
+SHARED_FIXTURE_GROUPS = {
+    "tests/cluster/": "cluster",  # the S3 server and the two-node Ray cluster
+    "tests/e2e/test_pipeline.py": "reduced_run",
+    "tests/pipelines/test_inspect_report.py": "reduced_run",
+    **{f"tests/stages/test_{name}.py": "tiny_run" for name in ("evaluate", "frames", "infer", "train")},
+}
+LONG_GROUPS_FIRST = (  # slowest first, from `--durations` of the suite (several minutes down to ~1 min)
+    "tests/reliability/test_faults.py",
+    "cluster",
+    "tests/pipelines/test_review.py",
+    "reduced_run",
+    "tests/e2e/test_unlabelled.py",
+    "tiny_run",
+    "tests/pipelines/test_console.py",
+)
+
+
+def group_of(path: str) -> str:
+    """The xdist group of a test file, given its path relative to the repository."""
+    for prefix, group in SHARED_FIXTURE_GROUPS.items():
+        if path.startswith(prefix):
+            return group
+    return path
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's worker reads the markers
+def pytest_collection_modifyitems(config, items) -> None:
+    groups = {}
+    for item in items:
+        groups[item] = group_of(Path(item.path).resolve().relative_to(REPO_ROOT).as_posix())
+        item.add_marker(pytest.mark.xdist_group(groups[item]))
+    rank = {group: position for position, group in enumerate(LONG_GROUPS_FIRST)}
+    items.sort(key=lambda item: rank.get(groups[item], len(rank)))  # stable: each group keeps its own order
 
 
 @pytest.fixture(scope="session")

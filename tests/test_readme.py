@@ -17,7 +17,7 @@ def _code_lines(text: str) -> list[str]:
 def test_ci_runs_the_readme_test_command():
     readme = (REPO / "README.md").read_text()
     lines = _code_lines(readme)
-    test_command = next(line for line in lines if line.endswith("python -m pytest"))
+    test_command = next(line for line in lines if "python -m pytest" in line)
     demo_command = next(line for line in lines if line.endswith("prvos demo"))
     ci = (REPO / ".ci" / "run").read_text()
     assert test_command in ci.splitlines()
