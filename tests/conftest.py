@@ -19,11 +19,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
-# Test groups for `pytest -n 2 --dist loadgroup` (pyproject's addopts hold the --dist part): a group runs whole
-# on one worker, so a module- or session-scoped fixture is built once. Each file is a group of its own, except
-# files that share an expensive session fixture, which form one. The groups that take minutes are sent first
-# (`--no-loadscope-reorder` keeps this order), so that no worker is left with a long one at the end while the
-# other idles.
+# How `pytest -n 2` (the README's command) shares the tests between its two processes: a group runs whole on one
+# worker, so a module- or session-scoped fixture is built once. Each file is a group of its own, except files
+# that share an expensive session fixture, which form one. The groups that take minutes are sent first, so that
+# no worker is left with a long one at the end while the other idles. (xdist's own `--dist loadgroup` marks
+# tests by rewriting their node ids, which pytest 9 no longer reads: it would split a file across workers.)
 SHARED_FIXTURE_GROUPS = {
     "tests/cluster/": "cluster",  # the S3 server and the two-node Ray cluster
     "tests/e2e/test_pipeline.py": "reduced_run",
@@ -41,22 +41,29 @@ LONG_GROUPS_FIRST = (  # slowest first, from `--durations` of the suite (several
 )
 
 
-def group_of(path: str) -> str:
-    """The xdist group of a test file, given its path relative to the repository."""
-    for prefix, group in SHARED_FIXTURE_GROUPS.items():
-        if path.startswith(prefix):
-            return group
-    return path
+def group_of(nodeid: str) -> str:
+    """The group of a test, from its node id (its file's path relative to the repository first)."""
+    path = nodeid.split("::", 1)[0]
+    return next((group for prefix, group in SHARED_FIXTURE_GROUPS.items() if path.startswith(prefix)), path)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's worker reads the markers
-def pytest_collection_modifyitems(config, items) -> None:
-    groups = {}
-    for item in items:
-        groups[item] = group_of(Path(item.path).resolve().relative_to(REPO_ROOT).as_posix())
-        item.add_marker(pytest.mark.xdist_group(groups[item]))
+def pytest_collection_modifyitems(items) -> None:
     rank = {group: position for position, group in enumerate(LONG_GROUPS_FIRST)}
-    items.sort(key=lambda item: rank.get(groups[item], len(rank)))  # stable: each group keeps its own order
+    items.sort(key=lambda item: rank.get(group_of(item.nodeid), len(rank)))  # stable: a group keeps its order
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Whole groups to a worker, in collection order (the long ones first)."""
+    if config.getvalue("dist") != "load":  # `-n N` alone; an explicit --dist keeps xdist's own scheduling
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return group_of(nodeid)
+
+    config.option.loadscopereorder = False
+    return GroupScheduling(config, log)
 
 
 @pytest.fixture(scope="session")
