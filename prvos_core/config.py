@@ -247,13 +247,12 @@ class RefineSection(Section):
     frame_choice: Literal["certain", "spread"] = "certain"  # spread: the most certain of each 1/K of the video
     oracle_labels: bool = False  # ablation: chosen frames take their hidden masks (label quality vs frame choice)
     min_kept_ratio: float = Field(0.0, ge=0, le=1)  # a frame keeping fewer of its pixels is rejected (0: no minimum)
-    # A frame whose predicted object area is outside [min, max] x the mean area on the expression's annotated
-    # frames is rejected: the teacher lost the object (or took in a neighbour). 0 / null disable a bound.
+    # Object area outside [min, max] x its mean on the annotated frames: frame rejected (lost); 0/null: no bound
     min_area_ratio: float = Field(0.5, ge=0)
     max_area_ratio: float | None = Field(2.0, ge=0)
     # Expressions without any ground-truth frame (unlabelled videos): the area rule compares with the median
-    # predicted area over the expression's frames, and a frame whose predicted mask overlaps neither neighbour's
-    # (the higher IoU with the previous and next frame's) by this much is rejected: the teacher jumped.
+    # predicted area over the expression's frames, and a frame whose mask overlaps neither neighbour's (the
+    # higher IoU with the previous and next frame's) by this much is rejected: the teacher jumped.
     min_temporal_iou: float = Field(0.5, ge=0, le=1)
 
     @model_validator(mode="after")
