@@ -95,7 +95,8 @@ QUICK = ("data.synth.valid_videos=4", "data.synth.frames=10", "train.epochs=2", 
 QUICK_VARIANTS = ("gt_only", "full")
 REAL = ("data.synth=null", "model.input_size=[64,112]", "train.epochs=8", "train.clips_per_epoch=64",
         "evaluate.rounds=last")  # fmt: skip
-PSEUDO_KEYS = ("pseudo_precision_full", "pseudo_recall_full", "pseudo_coverage_full", "teacher_precision_full")
+PSEUDO_KEYS = ("pseudo_precision_full", "pseudo_recall_full", "pseudo_coverage_full", "pseudo_object_coverage_full",
+               "teacher_precision_full")  # fmt: skip
 
 
 def run_variant(
@@ -253,7 +254,7 @@ def main() -> None:
     wall = time.perf_counter() - started
 
     header = ["regime", "variant", "seeds", "final J&F (mean ± sd)", "per seed", "r0 pseudo precision",
-              "r0 pseudo recall", "r0 pseudo coverage", "r0 teacher precision"]  # fmt: skip
+              "r0 pseudo recall", "r0 pseudo coverage", "r0 object labelled", "r0 teacher precision"]  # fmt: skip
     rows = [row for regime in args.regimes for row in regime_rows(regime, results[regime], list(VARIANTS))]
     compute = sum(r["seconds"] for regime in results.values() for s in regime.values() for r in s.values())
     body = [

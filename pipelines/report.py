@@ -59,6 +59,7 @@ COLUMNS = (
     ("pseudo coverage", REFINE, "pseudo_coverage"),
     ("pseudo precision (full)", REFINE, "pseudo_precision_full"),
     ("pseudo coverage (full)", REFINE, "pseudo_coverage_full"),
+    ("object labelled (full)", REFINE, "pseudo_object_coverage_full"),
     ("threshold fg", REFINE, "threshold_fg"),
     ("threshold bg", REFINE, "threshold_bg"),
     ("frames kept", REFINE, "frames_pseudo_labelled"),

@@ -12,7 +12,7 @@ stage the chosen pseudo-labelled frames against the masks training never sees
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 import numpy as np
 
@@ -28,11 +28,10 @@ class QualityCounts:
     fn: int = 0
     tn: int = 0
     ignored: int = 0
+    ignored_object: int = 0  # of `ignored`, the pixels the ground truth calls object
 
     def __add__(self, other: QualityCounts) -> QualityCounts:
-        return QualityCounts(
-            self.tp + other.tp, self.fp + other.fp, self.fn + other.fn, self.tn + other.tn, self.ignored + other.ignored
-        )
+        return QualityCounts(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
 
     @property
     def kept(self) -> int:
@@ -58,6 +57,13 @@ class QualityCounts:
         return ratio(self.tp, self.tp + self.fp + self.fn)
 
     @property
+    def object_coverage(self) -> float | None:
+        """tp / all ground-truth object pixels, ignored ones included: how much of the object is labelled object.
+        Recall over kept pixels alone stays high when refinement ignores the parts of the object the teacher
+        was unsure of; this does not. None when the ground truth has no object."""
+        return ratio(self.tp, self.tp + self.fn + self.ignored_object)
+
+    @property
     def coverage(self) -> float | None:
         """kept / total pixels; None when there are no pixels."""
         return ratio(self.kept, self.total)
@@ -79,7 +85,8 @@ def pseudo_label_quality(label: np.ndarray, gt_mask: np.ndarray) -> QualityCount
     fp = int(np.count_nonzero(predicted & ~truth))
     fn = int(np.count_nonzero(kept & ~predicted & truth))
     n_kept = int(np.count_nonzero(kept))
-    return QualityCounts(tp=tp, fp=fp, fn=fn, tn=n_kept - tp - fp - fn, ignored=label.size - n_kept)
+    ignored_object = int(np.count_nonzero(~kept & truth))
+    return QualityCounts(tp, fp, fn, n_kept - tp - fp - fn, label.size - n_kept, ignored_object)
 
 
 def teacher_quality(prob: np.ndarray, gt_mask: np.ndarray) -> QualityCounts:
@@ -110,6 +117,7 @@ def quality_metrics(pseudo: QualityCounts, teacher: QualityCounts, suffix: str =
         f"pseudo_recall{suffix}": pseudo.recall,
         f"pseudo_iou{suffix}": pseudo.iou,
         f"pseudo_coverage{suffix}": pseudo.coverage,
+        f"pseudo_object_coverage{suffix}": pseudo.object_coverage,
         f"teacher_precision{suffix}": teacher.precision,
         f"teacher_recall{suffix}": teacher.recall,
         f"teacher_iou{suffix}": teacher.iou,

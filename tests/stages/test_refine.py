@@ -284,6 +284,9 @@ def test_refinement_beats_the_raw_teacher_on_the_chosen_frames(round_, default_r
     assert summary["pseudo_precision_full"] == pytest.approx(refined_counts.precision)
     assert summary["pseudo_recall_full"] == pytest.approx(refined_counts.recall)
     assert summary["pseudo_iou_full"] == pytest.approx(refined_counts.iou)
+    # The object's unsure border is ignored: less of the object is labelled object than recall (kept pixels) says.
+    assert summary["pseudo_object_coverage_full"] == pytest.approx(refined_counts.object_coverage)
+    assert summary["pseudo_object_coverage_full"] < summary["pseudo_recall_full"]
     assert summary["teacher_precision_full"] == pytest.approx(teacher_counts.precision)
     assert summary["teacher_iou_full"] == pytest.approx(teacher_counts.iou)
     assert summary["pixels_scored_full"] == total
@@ -341,7 +344,7 @@ def test_a_split_without_pseudo_frames_leaves_undefined_metrics_out(round_, tmp_
     undefined = {key for key, value in summary.items() if value is None}
     assert undefined == {
         "kept_ratio", "pseudo_precision_full", "pseudo_recall_full", "pseudo_iou_full", "pseudo_coverage_full",
-        "teacher_precision_full", "teacher_recall_full", "teacher_iou_full",
+        "pseudo_object_coverage_full", "teacher_precision_full", "teacher_recall_full", "teacher_iou_full",
     }  # fmt: skip
     assert not undefined & set(result.metrics)
     assert summary["frames_pseudo_labelled"] == 0 and summary["pixels_scored_full"] == 0

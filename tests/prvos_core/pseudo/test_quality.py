@@ -22,13 +22,15 @@ def test_counts_precision_recall_iou_and_coverage_by_hand():
     label = np.array([[1, 1, 0, X], [0, 1, X, 0], [1, 0, 0, X]], dtype=np.uint8)
     gt = np.array([[1, 0, 1, 1], [0, 1, 1, 0], [1, 0, 1, 0]], dtype=np.uint8)
     q = pseudo_label_quality(label, gt)
-    # kept pixels: tp at (0,0) (1,1) (2,0); fp at (0,1); fn at (0,2) (2,2); tn at (1,0) (1,3) (2,1); 3 ignored.
-    assert q == QualityCounts(tp=3, fp=1, fn=2, tn=3, ignored=3)
+    # kept pixels: tp at (0,0) (1,1) (2,0); fp at (0,1); fn at (0,2) (2,2); tn at (1,0) (1,3) (2,1); 3 ignored,
+    # 2 of them object ((0,3) and (1,2)).
+    assert q == QualityCounts(tp=3, fp=1, fn=2, tn=3, ignored=3, ignored_object=2)
     assert (q.kept, q.total) == (9, 12)
     assert q.precision == pytest.approx(3 / 4)
     assert q.recall == pytest.approx(3 / 5)
     assert q.iou == pytest.approx(3 / 6)
     assert q.coverage == pytest.approx(9 / 12)
+    assert q.object_coverage == pytest.approx(3 / 7)  # 7 object pixels, 3 of them labelled object
 
 
 def test_teacher_quality_thresholds_at_one_half_and_keeps_every_pixel():
@@ -39,10 +41,10 @@ def test_teacher_quality_thresholds_at_one_half_and_keeps_every_pixel():
 
 def test_undefined_ratios_are_none_and_counts_add():
     empty = QualityCounts()
-    assert (empty.precision, empty.recall, empty.iou, empty.coverage) == (None, None, None, None)
+    assert (empty.precision, empty.recall, empty.iou, empty.coverage, empty.object_coverage) == (None,) * 5
     all_background = pseudo_label_quality(np.zeros((2, 2), np.uint8), np.zeros((2, 2), np.uint8))
     assert all_background.precision is None and all_background.iou is None and all_background.coverage == 1.0
-    assert QualityCounts(1, 2, 3, 4, 5) + QualityCounts(10, 20, 30, 40, 50) == QualityCounts(11, 22, 33, 44, 55)
+    assert QualityCounts(1, 2, 3, 4, 5, 6) + QualityCounts(10, 20, 30, 40, 50, 60) == QualityCounts(11, 22, 33, 44, 55, 66)
     with pytest.raises(ValueError, match="shape"):
         pseudo_label_quality(np.zeros((2, 2), np.uint8), np.zeros((2, 3), np.uint8))
 
@@ -52,7 +54,7 @@ def test_frames_quality_sums_the_masked_frames_only():
     prob = np.array([[[0.9, 0.6]], [[0.2, 0.8]], [[0.9, 0.9]]], dtype=np.float32)
     masks = {0: np.array([[1, 0]], np.uint8), 1: np.array([[1, 1]], np.uint8)}  # frame 2 has no mask
     pseudo, teacher = frames_quality(label, prob, masks)
-    assert pseudo == QualityCounts(tp=2, fp=0, fn=1, tn=0, ignored=1)
+    assert pseudo == QualityCounts(tp=2, fp=0, fn=1, tn=0, ignored=1, ignored_object=0)
     assert teacher == QualityCounts(tp=2, fp=1, fn=1, tn=0, ignored=0)
     assert frames_quality(label, prob, {}) == (QualityCounts(), QualityCounts())
 
@@ -89,6 +91,7 @@ def test_summary_counts_frames_kept_pixels_and_quality_by_hand():
         "pseudo_recall": 1.0,
         "pseudo_iou": 0.5,
         "pseudo_coverage": 1.0,
+        "pseudo_object_coverage": 1.0,  # nothing ignored on the GT frame: the object's one pixel is labelled
         "teacher_precision": 0.5,
         "teacher_recall": 1.0,
         "teacher_iou": 0.5,
