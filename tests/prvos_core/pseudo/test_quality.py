@@ -44,7 +44,9 @@ def test_undefined_ratios_are_none_and_counts_add():
     assert (empty.precision, empty.recall, empty.iou, empty.coverage, empty.object_coverage) == (None,) * 5
     all_background = pseudo_label_quality(np.zeros((2, 2), np.uint8), np.zeros((2, 2), np.uint8))
     assert all_background.precision is None and all_background.iou is None and all_background.coverage == 1.0
-    assert QualityCounts(1, 2, 3, 4, 5, 6) + QualityCounts(10, 20, 30, 40, 50, 60) == QualityCounts(11, 22, 33, 44, 55, 66)
+    assert QualityCounts(1, 2, 3, 4, 5, 6) + QualityCounts(10, 20, 30, 40, 50, 60) == QualityCounts(
+        11, 22, 33, 44, 55, 66
+    )
     with pytest.raises(ValueError, match="shape"):
         pseudo_label_quality(np.zeros((2, 2), np.uint8), np.zeros((2, 3), np.uint8))
 
