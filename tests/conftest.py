@@ -12,18 +12,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-# Under `pytest -n 2` (the README's command) two test processes share the cores: one BLAS thread each.
+# Under `pytest -n 2` two test processes share the cores: one BLAS thread each.
 os.environ.setdefault("OMP_NUM_THREADS", "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
-# How `pytest -n 2` (the README's command) shares the tests between its two processes: a group runs whole on one
-# worker, so a module- or session-scoped fixture is built once. Each file is a group of its own, except files
-# that share an expensive session fixture, which form one. The groups that take minutes are sent first, so that
-# no worker is left with a long one at the end while the other idles. (xdist's own `--dist loadgroup` marks
-# tests by rewriting their node ids, which pytest 9 no longer reads: it would split a file across workers.)
+# How `pytest -n 2` (pytest-xdist, opt-in: the README's command runs one process) shares the tests between two
+# processes: a group runs whole on one worker, so a module- or session-scoped fixture is built once. Each file
+# is a group of its own, except files that share an expensive session fixture, which form one. The groups that
+# take minutes are sent first, so that no worker is left with a long one at the end while the other idles.
+# (xdist's own `--dist loadgroup` marks tests by rewriting their node ids, which pytest 9 no longer reads: it
+# would split a file across workers.)
 SHARED_FIXTURE_GROUPS = {
     "tests/cluster/": "cluster",  # the S3 server and the two-node Ray cluster
     "tests/e2e/test_pipeline.py": "reduced_run",
