@@ -144,7 +144,7 @@ class ClipDataset(Dataset):
             frame_ids = source.labelled * self.spec.frames
             boxes = drifting_boxes(box, self.spec.frames, self.spec.drift, rng)
         frames, labels, weights = self._load(source, frame_ids, boxes)
-        frames = np.clip(frames.astype(np.float32) * brightness, 0, 255).astype(np.uint8)
+        frames = brighten(frames, brightness)
         first_given = self.spec.first_mask > 0 and frame_ids[0] in source.gt_frames
         first_given = first_given and rng.random() < self.spec.first_mask
         words, word_mask = self.text_lookup([source.expression.text])
@@ -208,6 +208,13 @@ class ClipDataset(Dataset):
             self._refined = open_store(self.refined_store_uri, mode="r")
         refined = read_refined(self._refined, source.expression.expression_id, frame_ids)
         return {f: (refined.label[i], refined.weight[i]) for i, f in enumerate(refined.frame_ids)}
+
+
+def brighten(frames: np.ndarray, factor: float) -> np.ndarray:
+    """uint8 frames times `factor`, clipped to [0, 255] and truncated: through a 256-entry table, the same values
+    as computing it per pixel in float32 at a fraction of the cost."""
+    table = np.clip(np.arange(256, dtype=np.float32) * factor, 0, 255).astype(np.uint8)
+    return table[frames]
 
 
 def drifting_boxes(box: Box, count: int, drift: float, rng: np.random.Generator) -> list[Box]:

@@ -100,4 +100,5 @@ def read_object_mask(uri: str, object_id: str) -> np.ndarray:
         ids = read_mask(io.BytesIO(storage.read_bytes(uri)))
     except (OSError, ValueError) as error:
         raise DataError(f"{uri}: cannot read the mask ({error}); re-run ingest to quarantine it") from None
-    return np.isin(ids, [int(part) for part in target_objects(object_id)]).astype(np.uint8)
+    parts = [int(part) for part in target_objects(object_id)]
+    return (ids == parts[0]).astype(np.uint8) if len(parts) == 1 else np.isin(ids, parts).astype(np.uint8)

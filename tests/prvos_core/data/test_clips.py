@@ -13,6 +13,7 @@ from prvos_core.data.clips import (
     ClipDataset,
     ClipSource,
     ClipSpec,
+    brighten,
     choose_clip_frames,
     clip_loader,
     clip_sources,
@@ -324,3 +325,12 @@ def test_loader_processes_kept_across_epochs_read_the_same_clips_as_one_process(
     fresh = ClipDataset(sources, fake_text, dataset.spec, seed=2, samples_per_source=2)
     dataset.set_epoch(1)
     assert torch.equal(dataset[(0, 4)].frames, fresh[4].frames)  # an (epoch, index) key names its own epoch
+
+
+@pytest.mark.parametrize("factor", [0.9, 0.97531, 1.0, 1.1])
+def test_brightening_through_a_table_gives_the_per_pixel_float32_values(factor):
+    frames = np.random.default_rng(3).integers(0, 256, (3, 3, 17, 19), dtype=np.uint8)
+    expected = np.clip(frames.astype(np.float32) * factor, 0, 255).astype(np.uint8)
+    brightened = brighten(frames, factor)
+    assert brightened.dtype == np.uint8 and np.array_equal(brightened, expected)
+    assert factor == 1.0 or not np.array_equal(brightened, frames)
