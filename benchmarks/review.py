@@ -21,15 +21,21 @@ import argparse
 import sys
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
+
 from benchmarks.common import markdown_table, write_result  # noqa: E402
 from benchmarks.efficacy import QUICK, SYNTH, _spread, bootstrap_interval, final_jf, run_variant  # noqa: E402
+from prvos_core.review.queue import choose  # noqa: E402
 
 SHARES = (2.0, 5.0, 10.0)
-ORDERS = ("uncertainty", "spread", "random")
+ORDERS = ("uncertainty", "spread", "random", "error")
+# `error` is an oracle order for the benchmark only: the pairs on which the teacher is most wrong (its mask against
+# the hidden one, wrong pixels), i.e. what a perfect uncertainty score would choose; it bounds what any score can do.
 SETTINGS = ("data.train_labels=first", "rounds=1")
 
 
@@ -105,9 +111,12 @@ def _reviewed_root(run: Path, data: Path, root: Path, share: float, order: str, 
             (root / entry.name).symlink_to(entry.resolve())
     store = open_run(str(run))
     config = config_from_dict(store.read_config_dict())
-    everything = round_queue(store, config, 0, 10**9, order, seed=seed)
+    everything = round_queue(store, config, 0, 10**9, "uncertainty" if order == "error" else order, seed=seed)
     count = max(1, round(share / 100 * everything.candidates))
-    queue = round_queue(store, config, 0, count, order, seed=seed)
+    if order == "error":
+        queue = replace(everything, items=tuple(choose(_true_errors(everything), count, "uncertainty")))
+    else:
+        queue = round_queue(store, config, 0, count, order, seed=seed)
     accepted = []
     for item in queue.items:
         expression = queue.expressions[item.expression_id]
@@ -118,6 +127,24 @@ def _reviewed_root(run: Path, data: Path, root: Path, share: float, order: str, 
     write_layer(layer_root(root), accepted, [], {"oracle": True, "order": order, "share": share, "pairs": count,
                                                   "candidates": everything.candidates})  # fmt: skip
     print(f"seed {seed}: {order} review of {count} of {everything.candidates} pairs ({share:g} %)", flush=True)
+
+
+def _true_errors(queue) -> list:
+    """The queue's pairs scored by how wrong the teacher's mask is: its wrong pixels (against the hidden mask, at
+    the teacher's resolution) as a share of the frame."""
+    import cv2
+
+    from prvos_core.data.object_masks import frame_mask
+    from prvos_core.labels import predicted_foreground
+
+    scored = []
+    for item in queue.items:
+        expression = queue.expressions[item.expression_id]
+        prob = queue.labels[item.expression_id].prob[item.frame_index]
+        truth = frame_mask(expression, queue.manifest.video_of(expression), item.frame_id)
+        truth = cv2.resize(truth, prob.shape[::-1], interpolation=cv2.INTER_NEAREST).astype(bool)
+        scored.append(replace(item, score=float(np.mean(predicted_foreground(prob) != truth))))
+    return scored
 
 
 def _corrected_expressions(work: Path, name: str, seeds: Iterable[int]) -> str:
@@ -169,7 +196,8 @@ def _report(results: dict, seeds: list[int], shares: list[float], args, wall: fl
         "Regime F of the synthetic set (first frame labelled), one pseudo-labeling round; an oracle corrects N % of",
         "round 0's pseudo-labelled (expression, frame) pairs with the hidden dense masks, chosen by the teacher's",
         "uncertainty (mean entropy over its object, border and unsure pixels: `uncertainty` highest first, `spread`",
-        "each object's highest first, then each object's second, ...) or at random. J&F: the final student on the",
+        "each object's highest first, then each object's second, ...), at random, or (`error`, an oracle that bounds",
+        "any score) by the teacher's true error on the pair (wrong pixels against the hidden mask). J&F: the final student on the",
         "valid split; precision: round 0's refined pseudo-labels against the hidden masks.", "",
         markdown_table(header, rows), "", *lines, "",
         f"Seeds: {seeds}. Settings: {[*(QUICK if args.quick else SYNTH), *SETTINGS, *args.overrides]}.",
