@@ -168,9 +168,8 @@ class TrainSection(Section):
     batch_size: int = Field(4, gt=0)  # clips per worker and step
     clip_frames: int = Field(3, ge=1)  # T frames per clip (the seed: 5)
     samples_per_expression: int = Field(1, gt=0)  # clips of each expression per epoch
-    # > 0: exactly this many clips per epoch, drawn in turn from the expressions (ground truth or chosen
-    # pseudo-labels), so variants that train on more or fewer expressions take the same optimizer steps.
-    clips_per_epoch: int = Field(0, ge=0)
+    # > 0: exactly this many clips per epoch, drawn in turn from the expressions (GT or pseudo-labels): variants
+    clips_per_epoch: int = Field(0, ge=0)  # that train on more or fewer expressions take the same optimizer steps
     lr: float = Field(1e-4, gt=0)  # Adam (the seed: 1e-6 by default, 1e-4 when set)
     lr_milestones: tuple[int, ...] = ()  # epochs where lr is multiplied by lr_gamma (the seed: 30, 40)
     lr_gamma: float = Field(0.5, gt=0)
@@ -184,6 +183,7 @@ class TrainSection(Section):
     brightness: float = Field(0.1, ge=0, lt=1)  # augmentation: brightness factor in [1 - b, 1 + b]
     static_clips: float = Field(0.0, ge=0, le=1)  # chance of a static clip (prvos_core.data.clips.ClipSpec.static)
     first_mask_gt: float = Field(0.0, ge=0, le=1)  # chance frame 0's GT mask enters memory (ClipSpec.first_mask)
+    pseudo_in_clips: Literal["mixed", "fill"] = "mixed"  # fill: pseudo-labels only where GT leaves a gap (ClipSpec)
     max_failures: int = Field(1, ge=0)  # Ray Train restarts from the last checkpoint this many times
     # Processes per worker that read clips while it trains, kept across epochs (the clips are the same with any
     # number). An int reserves 1 + that many CPUs per worker; auto: the CPUs Ray gave the worker minus one (1: 0).

@@ -170,6 +170,7 @@ def train_loop(config: dict) -> None:
         cfg.brightness,
         static=cfg.static_clips,
         first_mask=cfg.first_mask_gt,
+        pseudo_fill_only=cfg.pseudo_in_clips == "fill",
     )
     text = TextCache(inputs.text_cache, inputs.text_identity).load_all()
     sources = clip_sources(

@@ -42,6 +42,9 @@ class ClipSpec:
     # Chance that a clip whose first frame is ground truth gives that mask to the memory (`Clip.first_given`), as
     # the teacher's anchors do; else the student's own prediction of frame 0 enters memory, as in evaluation.
     first_mask: float = 0.0
+    # Pseudo-labelled frames only fill the time spans of a clip that have no ground-truth frame (see
+    # `choose_clip_frames`); else a span draws from its ground-truth and pseudo-labelled frames alike.
+    pseudo_fill_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -137,7 +140,7 @@ class ClipDataset(Dataset):
         epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         source = self.sources[self._source_index(epoch, index)]
         rng = np.random.default_rng((self.seed, epoch, index))
-        frame_ids = choose_clip_frames(source, self.spec.frames, rng)
+        frame_ids = choose_clip_frames(source, self.spec.frames, rng, self.spec.pseudo_fill_only)
         box, brightness = self._augmentation(rng)
         boxes = [box] * len(frame_ids)
         if self.spec.static > 0 and len(source.labelled) == 1 and rng.random() < self.spec.static:
@@ -231,12 +234,16 @@ def drifting_boxes(box: Box, count: int, drift: float, rng: np.random.Generator)
     return boxes
 
 
-def choose_clip_frames(source: ClipSource, length: int, rng: np.random.Generator) -> tuple[str, ...]:
+def choose_clip_frames(
+    source: ClipSource, length: int, rng: np.random.Generator, pseudo_fill_only: bool = False
+) -> tuple[str, ...]:
     """T frames in temporal order: as many labelled frames as there are (up to T), the rest filled with unlabelled
     frames next to a labelled one so the memory sees the motion in between.
 
     Labelled frames are drawn spread over the video: its time line is cut into T equal spans and each span gives
-    one labelled frame at random (spans without one are made up from the other labelled frames). Drawing uniformly
+    one labelled frame at random (spans without one are made up from the other labelled frames); with
+    `pseudo_fill_only`, a span that has a ground-truth frame draws from those alone, so pseudo-labels take the
+    place of missing supervision and never of ground truth. Drawing uniformly
     from the labelled set instead ties a clip's time span to how densely the video is labelled (16 frames, 3 per
     clip: 7.5 frames first to last with every frame labelled, 12.5 with every 5th), so denser labels showed the
     student less motion per clip ("moving left" is learned from displacement) and scored lower.
@@ -247,8 +254,11 @@ def choose_clip_frames(source: ClipSource, length: int, rng: np.random.Generator
     count = min(length, len(labelled))
     span = np.minimum((np.array([position[f] for f in labelled]) * count) // max(len(all_frames), 1), count - 1)
     chosen = set()
+    gt = set(source.gt_frames)
     for part in range(count):
         members = [frame for frame, s in zip(labelled, span, strict=True) if s == part]
+        if pseudo_fill_only and any(frame in gt for frame in members):
+            members = [frame for frame in members if frame in gt]
         if members:
             chosen.add(members[int(rng.integers(len(members)))])
     rest = [frame for frame in labelled if frame not in chosen]

@@ -211,6 +211,27 @@ def test_clips_span_the_video_however_densely_it_is_labelled(dataset_root):
         assert frames[0] <= 3 and 4 <= frames[1] <= 6 and frames[2] >= 7
 
 
+def test_pseudo_labels_fill_only_the_spans_ground_truth_leaves_empty_when_asked(dataset_root):
+    """GT on 00000 and 00005 of 10 frames, pseudo-labels on 00001, 00002, 00006 and 00008. Two-frame clips: each
+    half of the time line has a GT frame, so with `pseudo_fill_only` no pseudo-label enters a clip; mixed, they
+    take the place of GT in about half the spans. Three-frame clips: the last third (7-9) has no GT, so there a
+    pseudo-label fills it in both modes."""
+    source = _source(dataset_root, pseudo=("00001", "00002", "00006", "00008"))
+    rng = np.random.default_rng(0)
+    mixed = [choose_clip_frames(source, 2, rng) for _ in range(300)]
+    filled = [choose_clip_frames(source, 2, rng, pseudo_fill_only=True) for _ in range(300)]
+    assert all(frames == ("00000", "00005") for frames in filled)
+    share = np.mean([frame not in source.gt_frames for frames in mixed for frame in frames])
+    assert 0.5 < share < 0.8  # spans 0-4 and 5-9: 2 of 3 and 2 of 3 labelled frames are pseudo-labels
+    for _ in range(100):
+        frames = choose_clip_frames(source, 3, rng, pseudo_fill_only=True)
+        assert frames == ("00000", "00005", "00008")
+    # The default draws exactly as before the option existed.
+    assert choose_clip_frames(source, 3, np.random.default_rng(7)) == choose_clip_frames(
+        source, 3, np.random.default_rng(7), pseudo_fill_only=False
+    )
+
+
 def _full_masks(root, frames) -> list[np.ndarray]:
     """The synthetic object's every-frame masks (train/full_annotations) at the clip size."""
     folder = SplitPaths(root, "train").full_annotations / "synth0000"
