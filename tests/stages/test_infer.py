@@ -132,7 +132,8 @@ def test_stored_labels_are_the_core_predictor_quantised(tiny_run, checkpoint, cl
         words, mask = cache.lookup([expression.text])
         direct = [prob for _, prob in predict_expression(
             model, manifest.video(expression.video_id, "train"), expression, words[0], mask[0], SIZE,
-            first_mask_from_gt=cfg.first_frame_gt, memory_frames=cfg.memory_frames, anchors=cfg.anchors)]  # fmt: skip
+            first_mask_from_gt=cfg.first_frame_gt, memory_frames=cfg.memory_frames, anchors=cfg.anchors,
+            matching=Matching(cfg.match_weight, cfg.match_temperature, cfg.match_top_k))]  # fmt: skip
         stored = zarr.open_group(str(out / "pseudo.zarr" / expression.expression_id), mode="r")
         # One torch thread here and in the actors: the same float results, so the same uint8 codes.
         np.testing.assert_array_equal(stored["prob"][:], quantize_unit(np.stack(direct)))
@@ -292,7 +293,8 @@ def test_flip_uncertainty_starts_afresh_and_stores_the_flip_averaged_teacher(tin
         words, mask = cache.lookup([expression.text])
         direct = np.stack([prob for _, prob in predict_expression(
             model, manifest.video_of(expression), expression, words[0], mask[0], SIZE, first_mask_from_gt=True,
-            memory_frames=cfg.memory_frames, anchors=cfg.anchors, flip=True)])  # fmt: skip
+            memory_frames=cfg.memory_frames, anchors=cfg.anchors, flip=True,
+            matching=Matching(cfg.match_weight, cfg.match_temperature, cfg.match_top_k))])  # fmt: skip
         stored = zarr.open_group(str(out / "pseudo.zarr" / expression.expression_id), mode="r")
         np.testing.assert_array_equal(stored["prob"][:], quantize_unit(direct))
         np.testing.assert_array_equal(stored["uncertainty"][:], quantize_unit(binary_entropy(direct)))
