@@ -217,7 +217,7 @@ class InferSection(Section):
     teacher: Literal["ema", "student"] = "ema"  # the EMA of the student, or its raw last weights
     # Share of label propagation by feature matching from the frames in memory in each labelled frame
     # (prvos_core.inference.matching): it carries the anchors' masks before any memory read is trained.
-    match_weight: float = Field(0.0, ge=0, le=1)
+    match_weight: float = Field(0.7, ge=0, le=1)
     match_temperature: float = Field(0.02, gt=0)  # softmax temperature over cosine similarities
     match_top_k: int = Field(5, ge=1)  # memory positions each query position reads
     # An actor labels a video's expressions together: each frame decoded and encoded by the backbone once, its
@@ -239,7 +239,7 @@ class RefineSection(Section):
 
     enabled: bool = True  # False: the 'no refinement' ablation (every pixel kept, weight 1, every frame kept)
     percentile: float = Field(20.0, ge=0, lt=100)  # per-class threshold = this percentile (20 keeps the top 80%)
-    min_confidence: float = Field(0.7, ge=0.5, lt=1)  # thresholds never fall below this
+    min_confidence: float = Field(0.55, ge=0.5, lt=1)  # thresholds never fall below this
     max_confidence: float = Field(0.95, ge=0.5, lt=1)  # thresholds never rise above this
     weighting: Literal["confidence", "uniform"] = "confidence"  # 'confidence': weight rises with confidence
     min_weight: float = Field(0.25, ge=0, le=1)  # 'confidence' weighting: weight of a pixel at its class threshold
