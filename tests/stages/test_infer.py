@@ -112,13 +112,19 @@ def test_every_frame_is_stored_in_range_and_the_index_matches_the_store(tiny_run
     assert set(index.teacher) == {predictor_identity(checkpoint, "ema")}
 
 
-def test_the_uint8_store_is_at_most_an_eighth_of_raw_float32(clean):
+def test_the_uint8_store_is_at_most_an_eighth_of_raw_float32(tiny_run, checkpoint, clean, tmp_path):
+    """The model's own maps (no matching) compress to 1/8 of two float32 maps. The default teacher blends in
+    label propagation (`match_weight` 0.7), whose maps are upsampled from a 1/4-resolution grid: smooth ramps
+    that zstd shrinks less (1/6.2 here at 32 x 32; 1/10.6 and 1/14 on the demo's 64 x 64 rounds, 1/7.1 on the
+    real clips at 64 x 112), still well under the uint8 arrays' 1/4."""
+    raw_float32_pair = 2 * 4 * SIZE[0] * SIZE[1]
     out, result = clean
     on_disk = sum(p.stat().st_size for p in (out / "pseudo.zarr").rglob("*") if p.is_file())
     assert result.store_bytes == on_disk
     assert result.bytes_per_frame == on_disk / result.frames
-    raw_float32_pair = 2 * 4 * SIZE[0] * SIZE[1]
-    assert result.bytes_per_frame <= raw_float32_pair / 8
+    assert result.bytes_per_frame <= raw_float32_pair / 5
+    alone = infer.run(_inputs(tiny_run, checkpoint, tmp_path / "infer"), InferSection(actors=1, match_weight=0.0))
+    assert alone.bytes_per_frame <= raw_float32_pair / 8
 
 
 def test_stored_labels_are_the_core_predictor_quantised(tiny_run, checkpoint, clean, one_torch_thread):
