@@ -129,22 +129,24 @@ def _reviewed_root(run: Path, data: Path, root: Path, share: float, order: str, 
     print(f"seed {seed}: {order} review of {count} of {everything.candidates} pairs ({share:g} %)", flush=True)
 
 
-def _true_errors(queue) -> list:
-    """The queue's pairs scored by how wrong the teacher's mask is: its wrong pixels (against the hidden mask, at
-    the teacher's resolution) as a share of the frame."""
+def teacher_and_truth(queue, item) -> tuple[np.ndarray, np.ndarray]:
+    """A queued pair's teacher mask (p > 0.5) and hidden true mask, both bool at the teacher's resolution."""
     import cv2
 
     from prvos_core.data.object_masks import frame_mask
     from prvos_core.labels import predicted_foreground
 
-    scored = []
-    for item in queue.items:
-        expression = queue.expressions[item.expression_id]
-        prob = queue.labels[item.expression_id].prob[item.frame_index]
-        truth = frame_mask(expression, queue.manifest.video_of(expression), item.frame_id)
-        truth = cv2.resize(truth, prob.shape[::-1], interpolation=cv2.INTER_NEAREST).astype(bool)
-        scored.append(replace(item, score=float(np.mean(predicted_foreground(prob) != truth))))
-    return scored
+    expression = queue.expressions[item.expression_id]
+    prob = queue.labels[item.expression_id].prob[item.frame_index]
+    truth = frame_mask(expression, queue.manifest.video_of(expression), item.frame_id)
+    truth = cv2.resize(truth, prob.shape[::-1], interpolation=cv2.INTER_NEAREST).astype(bool)
+    return predicted_foreground(prob), truth
+
+
+def _true_errors(queue) -> list:
+    """The queue's pairs scored by how wrong the teacher's mask is: its wrong pixels (against the hidden mask, at
+    the teacher's resolution) as a share of the frame."""
+    return [replace(item, score=float(np.mean(np.not_equal(*teacher_and_truth(queue, item))))) for item in queue.items]
 
 
 def _corrected_expressions(work: Path, name: str, seeds: Iterable[int]) -> str:

@@ -25,33 +25,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from scipy.stats import spearmanr  # noqa: E402
 
 from benchmarks.common import markdown_table, write_result  # noqa: E402
-from benchmarks.review import _true_errors  # noqa: E402
+from benchmarks.review import teacher_and_truth  # noqa: E402
 
 
 def _run_rows(run: Path, share: float) -> list:
-    import cv2
-
     from pipelines.review import round_queue
     from pipelines.run_store import open_run
     from prvos_core.config import config_from_dict
-    from prvos_core.data.object_masks import frame_mask
-    from prvos_core.labels import predicted_foreground
 
     store = open_run(str(run))
     queue = round_queue(store, config_from_dict(store.read_config_dict()), 0, 10**9, "uncertainty")
     items = list(queue.items)
     score = np.array([item.score for item in items])
-    wrong = np.array([item.score for item in _true_errors(queue)])  # share of the frame's pixels
-    iou = []
+    wrong, error = [], []
     for item in items:
-        expression = queue.expressions[item.expression_id]
-        prob = queue.labels[item.expression_id].prob[item.frame_index]
-        truth = frame_mask(expression, queue.manifest.video_of(expression), item.frame_id)
-        truth = cv2.resize(truth, prob.shape[::-1], interpolation=cv2.INTER_NEAREST).astype(bool)
-        predicted = predicted_foreground(prob)
+        predicted, truth = teacher_and_truth(queue, item)
         union = (predicted | truth).sum()
-        iou.append((predicted & truth).sum() / union if union else 1.0)
-    error = 1 - np.array(iou)
+        wrong.append(np.mean(predicted != truth))  # share of the frame's pixels
+        error.append(1 - ((predicted & truth).sum() / union if union else 1.0))
+    wrong, error = np.array(wrong), np.array(error)
     count = max(1, round(share / 100 * len(items)))
     objects = [(item.video_id, item.target) for item in items]
     rows = []
