@@ -48,6 +48,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra config override")
     parser.add_argument("--cpus", type=int, default=2)
+    parser.add_argument("--retrain", action="store_true",
+                        help="also re-run the no-review variant with another training seed (run.seed + 100) on the "
+                             "same data: the training noise of one paired comparison")  # fmt: skip
     parser.add_argument("--report", action="store_true", help="only write the table of what is done")
     parser.add_argument("--out", default=None, help="results file name under benchmarks/results/ (review.md)")
     args = parser.parse_args()
@@ -79,6 +82,11 @@ def main() -> None:
             if outcome is None:
                 continue
             results.setdefault(("none", 0.0), {})[seed] = outcome
+            if args.retrain:
+                again = run_variant("retrained", seed, "review", [*base, f"run.seed={seed + 100}"], args.work,
+                                    not args.report)  # fmt: skip
+                if again is not None:
+                    results.setdefault(("retrained", 0.0), {})[seed] = again
             for share in shares:
                 for order in args.orders:
                     name = f"{order}{share:g}"
@@ -172,6 +180,16 @@ def _report(results: dict, seeds: list[int], shares: list[float], args, wall: fl
     rows.append(["0 (no review)", "-", "-", len(base), _spread([final_jf(r) for r in base.values()]),
                  _spread([p for r in base.values() if (p := _precision(r)) is not None]), "-"])  # fmt: skip
     lines = []
+    retrained = results.get(("retrained", 0.0), {})
+    if retrained:
+        paired = sorted(set(retrained) & set(base))
+        gaps = [100 * (final_jf(retrained[s]) - final_jf(base[s])) for s in paired]
+        rows.append(["0 (no review)", "another training seed", "-", len(retrained),
+                     _spread([final_jf(r) for r in retrained.values()]),
+                     _spread([p for r in retrained.values() if (p := _precision(r)) is not None]), "-"])  # fmt: skip
+        lines.append("- Training noise (same data and review, run.seed + 100): " + ", ".join(
+            f"seed {s} {g:+.1f}" for s, g in zip(paired, gaps, strict=True)) + " J&F points: two runs that differ only "
+            "in the training seed, i.e. the noise in any paired difference of one run per order")  # fmt: skip
     for share in shares:
         randomly = results.get(("random", share), {})
         for order in chosen:
