@@ -27,6 +27,7 @@ import torch  # noqa: E402
 from benchmarks.common import markdown_table  # noqa: E402
 import prvos_core.data.clips as clips_module  # noqa: E402
 import prvos_core.data.frames as frames_module  # noqa: E402
+import prvos_core.data.object_masks as object_masks_module  # noqa: E402
 from prvos_core.data.clips import ClipDataset, ClipSpec, clip_sources, collate_clips  # noqa: E402
 from prvos_core.config import ModelSection, TrainSection  # noqa: E402
 from prvos_core.data.manifest import read_manifest  # noqa: E402
@@ -39,8 +40,8 @@ from prvos_core.text.cache import TextCache  # noqa: E402
 
 # (module, function) of the data path, timed by wrapping the module attribute its caller looks up.
 PROFILED = (("frames", "decode_frame"), ("frames", "resize_frame"), ("clips", "load_frame"),
-            ("clips", "read_object_mask"), ("clips", "resize_map"), ("clips", "read_refined"))  # fmt: skip
-MODULES = {"frames": frames_module, "clips": clips_module}
+            ("object_masks", "read_object_mask"), ("clips", "resize_map"), ("clips", "read_refined"))  # fmt: skip
+MODULES = {"frames": frames_module, "clips": clips_module, "object_masks": object_masks_module}
 
 
 def main() -> None:
