@@ -170,6 +170,7 @@ class TrainSection(Section):
     samples_per_expression: int = Field(1, gt=0)  # clips of each expression per epoch
     # > 0: exactly this many clips per epoch, drawn in turn from the expressions (GT or pseudo-labels): variants
     clips_per_epoch: int = Field(0, ge=0)  # that train on more or fewer expressions take the same optimizer steps
+    unlabelled_share: float | None = Field(None, ge=0, le=1)  # share of clips from no-GT expressions (None: any)
     lr: float = Field(1e-4, gt=0)  # Adam (the seed: 1e-6 by default, 1e-4 when set)
     lr_milestones: tuple[int, ...] = ()  # epochs where lr is multiplied by lr_gamma (the seed: 30, 40)
     lr_gamma: float = Field(0.5, gt=0)
@@ -188,8 +189,7 @@ class TrainSection(Section):
     # Processes per worker that read clips while it trains, kept across epochs (the clips are the same with any
     # number). An int reserves 1 + that many CPUs per worker; auto: the CPUs Ray gave the worker minus one (1: 0).
     loader_workers: int | Literal["auto"] = "auto"
-    # auto: bf16 on a GPU that has it, else fp16 with loss scaling; fp32 on CPU (bf16 and fp16 run there if named)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16/fp16+scaling on a GPU; CPU: fp32
     channels_last: bool = False  # the student's weights and frames in channels-last memory format (GPU convolutions)
     compile: bool = False  # torch.compile the student (its first steps are slow: they compile)
 

@@ -188,6 +188,7 @@ def train_loop(config: dict) -> None:
         seed=inputs.seed + 1000 * inputs.round_index,
         samples_per_source=cfg.samples_per_expression,
         clips=cfg.clips_per_epoch or None,
+        unlabelled_share=cfg.unlabelled_share,
     )
     sampler = torch.utils.data.DistributedSampler(
         dataset, num_replicas=world, rank=rank, shuffle=True, seed=inputs.seed, drop_last=False

@@ -109,6 +109,7 @@ class ClipDataset(Dataset):
         seed: int = 0,
         samples_per_source: int = 1,
         clips: int | None = None,
+        unlabelled_share: float | None = None,
     ) -> None:
         """`text_lookup(texts) -> (tokens (N, L, D), mask (N, L))`, e.g. a loaded TextCache's `lookup`.
 
@@ -117,11 +118,15 @@ class ClipDataset(Dataset):
 
         clips: the epoch's length when given, so that variants training on more or fewer expressions take the
         same number of steps (each epoch visits the sources in its own order); else sources x samples_per_source.
+
+        unlabelled_share: the share of an epoch's clips drawn from sources without any ground-truth frame
+        (unlabelled videos), the rest from those with some; None: every source alike (then unlabelled videos take
+        clips in proportion to their number, 3 in 4 with 24 unlabelled beside 8 labelled videos).
         """
         self.sources = [s for s in sources if s.labelled]
         self.text_lookup, self.spec, self.seed = text_lookup, spec, seed
         self.refined_store_uri, self.samples_per_source = refined_store, samples_per_source
-        self.clips = clips
+        self.clips, self.unlabelled_share = clips, unlabelled_share
         self.frames = FrameReader(frame_store) if frame_store else None
         self._order: tuple[int, np.ndarray] | None = None  # (epoch, source order) of a fixed-length epoch
         self.epoch = 0
@@ -167,11 +172,27 @@ class ClipDataset(Dataset):
         its own order (seeded by seed and epoch, the same on every worker): index % len(sources) alone would draw
         the same first `clips` sources every epoch and never the rest when there are more sources than clips."""
         count = len(self.sources)
-        if self.clips is None:
+        if self.clips is None and self.unlabelled_share is None:
             return index % count
         if self._order is None or self._order[0] != epoch:
-            self._order = (epoch, np.random.default_rng((self.seed, epoch, count)).permutation(count))
-        return int(self._order[1][index % count])
+            self._order = (epoch, self._epoch_order(np.random.default_rng((self.seed, epoch, count))))
+        order = self._order[1]
+        return int(order[index % len(order)])
+
+    def _epoch_order(self, rng: np.random.Generator) -> np.ndarray:
+        """Source indices of one epoch: a permutation of the sources, or with `unlabelled_share`, len(self)
+        entries of which that share cycles through the unlabelled sources and the rest through the others, each
+        group in its own random order, the two shuffled together."""
+        count = len(self.sources)
+        unlabelled = [i for i, source in enumerate(self.sources) if not source.gt_frames]
+        labelled = [i for i, source in enumerate(self.sources) if source.gt_frames]
+        if self.unlabelled_share is None or not unlabelled or not labelled:
+            return rng.permutation(count)
+        length = len(self)
+        taken = round(self.unlabelled_share * length)
+        picks = np.concatenate([np.resize(rng.permutation(unlabelled), taken),
+                                np.resize(rng.permutation(labelled), length - taken)])  # fmt: skip
+        return rng.permutation(picks)
 
     def _augmentation(self, rng: np.random.Generator) -> tuple[Box, float]:
         side = rng.uniform(self.spec.min_crop, 1.0)

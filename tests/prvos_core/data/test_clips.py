@@ -355,3 +355,31 @@ def test_brightening_through_a_table_gives_the_per_pixel_float32_values(factor):
     brightened = brighten(frames, factor)
     assert brightened.dtype == np.uint8 and np.array_equal(brightened, expected)
     assert factor == 1.0 or not np.array_equal(brightened, frames)
+
+
+def test_unlabelled_share_sets_the_share_of_clips_from_sources_without_ground_truth(dataset_root):
+    base = _source(dataset_root)
+    named = [replace(base, expression=replace(base.expression, expression_id=name)) for name in "abcdefgh"]
+    # a, b have ground truth; c..h (6 of 8) only pseudo-labels, as unlabelled videos do
+    sources = named[:2] + [replace(source, gt_frames=(), pseudo_frames=("00003",)) for source in named[2:]]
+    unlabelled = {source.expression.expression_id for source in sources[2:]}
+
+    def drawn(dataset, epoch):
+        dataset.set_epoch(epoch)
+        return [dataset.sources[dataset._source_index(epoch, i)].expression.expression_id for i in range(len(dataset))]
+
+    for share, clips in ((0.25, 40), (0.5, 10), (0.0, 12), (1.0, 12)):
+        dataset = ClipDataset(sources, fake_text, ClipSpec(frames=2, size=SIZE), clips=clips, unlabelled_share=share)
+        for epoch in range(3):
+            ids = drawn(dataset, epoch)
+            assert len(ids) == clips and sum(i in unlabelled for i in ids) == round(share * clips)
+        if clips == 40:  # 10 of 6 unlabelled and 30 of 2 labelled: each group cycled through, none left out
+            assert set(ids) == {"a", "b"} | unlabelled
+    # without a fixed epoch length the share applies to sources x samples_per_source clips
+    dataset = ClipDataset(
+        sources, fake_text, ClipSpec(frames=2, size=SIZE), samples_per_source=2, unlabelled_share=0.25
+    )
+    assert len(dataset) == 16 and sum(i in unlabelled for i in drawn(dataset, 0)) == 4
+    # None: every source alike, the same draws as before the option existed
+    plain = ClipDataset(sources, fake_text, ClipSpec(frames=2, size=SIZE), clips=8, seed=4)
+    assert sum(i in unlabelled for i in drawn(plain, 0)) == 6
