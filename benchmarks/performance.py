@@ -73,19 +73,27 @@ FINDINGS = """## Profiles, causes and fixes
   decode: 1.30 vs 1.87 ms (synthetic 720p -> 128) and 2.63 vs 3.24 ms (real 854x480 -> 320), idle. The store is
   ~1x (synthetic) to 5.3x (real) the JPEG bytes: zstd barely compresses natural images. A zarr chunk read costs
   ~1 ms of per-call overhead (its event-loop hop) whatever the codec (measured: zstd 1 and no compression alike).
-- **P1 loader (#18): not met.** One process gives 31-42 clips/s of 5 frames at 320x320 (0.26-0.35x one A100's
-  projected 121 clips/s; the target is 2x). cProfile of a clip from the store: INTER_AREA resizes ~25 %, zarr's
-  per-call hop ~25 %, mask PNG decode + resize ~25 %, the float brightness pass ~7 % (profiled under load). Meeting 2x from one process
-  needs the augmentation on the GPU (ship the stored uint8 frames and masks, crop/resize/brightness there) and
-  masks in the frame store; until then `train.loader_workers` (spawned, persistent processes, the clips identical
-  with any count) gives 6-7 processes per GPU (configs/ref_youtube_vos.yaml: 7).
+- **P1 loader (#18): not met.** Idle (2026-12-03, load 1-2): one process gives 27.6 (synthetic 720p) and 31.8
+  (real 854x480) clips/s of 5 frames at 320x320 from the frame store, 0.23-0.26x one A100's projected 121 clips/s
+  (the target is 2x, 242 clips/s, i.e. ~4 ms a clip). cProfile of 120 clips from the store (under load, shares):
+  zarr chunk reads 40 % (of which the event-loop hop, lock wait + self-pipe write, is ~2/3: zarr 3.1.6 has no
+  synchronous array read; the sync store/codec path is zarr-python PR #3725, not in a release on this index),
+  ground-truth masks 32 % (PNG decode of the full-size id map, 4 per clip), INTER_AREA/NEAREST resizes 14 %,
+  brightness 8 %. Fixed: brightness through `np.take` on the 256-entry table (4-5x cheaper than the fancy-index
+  lookup, same values). Not done: masks in the frame store (a 4th channel would make them free of PNG decode and
+  of a second zarr call), the augmentation on the device. Even with both, ~4 ms a clip is below what zarr's
+  per-call hop alone costs for 5 reads, so 2x from one process is out of reach with zarr 3.1; `train.loader_workers`
+  (spawned, persistent processes, the clips identical with any count) gives 6-7 processes per GPU
+  (configs/ref_youtube_vos.yaml: 7).
 - **P2 shared frames (#18).** An actor takes a video's expressions together; each frame is decoded and
   backbone-encoded once (and the anchored teacher's two passes share one encoding, already in A). tiny: 1.58x
   (met); r50 at 128x128: 1.28x (not met): its per-expression steps (512-wide word attention, the memory value
   encoder and the 256-channel decoder, run for every expression and frame) are ~3/4 of its per-frame cost on this
   CPU, so sharing the backbone alone is bounded near 1.3-1.4x; batching a video's expressions through the decoder
   is the next step (on a GPU it would also fill the device).
-- **P5 demo.** 12 epochs per round instead of 15 (4.4-4.7 min, was 4.9 at 15 epochs); each Ray Train stage
+- **P5 demo.** Idle 2026-12-03: 6.6 min (394 s), up from 5.6 on 2026-12-02; not profiled per stage (the
+  defaults changed in between: the matching teacher, `infer.match_weight` 0.7, #17). Earlier: 12 epochs per round
+  instead of 15 (4.4-4.7 min, was 4.9 at 15 epochs); each Ray Train stage
   spends ~15 s starting its controller and 2 workers (each imports torch + timm, ~3 s of CPU), each actor pool
   ~6 s before its first expression: ~80 s of the demo is process start-up.
 """
