@@ -76,6 +76,7 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "full_oracle": ("refine.oracle_labels=true",),  # the chosen frames take their hidden masks
     "full_fill": ("train.pseudo_in_clips=fill",),  # pseudo-labels only in a clip's spans without ground truth
     "full_u25": ("train.unlabelled_share=0.25",),  # 1 clip in 4 from unlabelled videos (U: 3 in 4 as drawn)
+    "full_u10": ("train.unlabelled_share=0.1",),
 }
 # Real clips have no full_annotations/: the upper bound is every mask the dataset provides.
 REAL_FULL_GT = ("pseudo_labels=false", "data.train_labels=provided")
@@ -90,6 +91,7 @@ LABELS = {
     "full_oracle": "(c') oracle labels on the chosen frames",
     "full_fill": "(c') pseudo-labels only where GT leaves a gap",
     "full_u25": "(c') 1 clip in 4 from unlabelled videos",
+    "full_u10": "(c') 1 clip in 10 from unlabelled videos",
 }
 # The table's settings: demo.yaml with 24 valid videos, the same optimizer steps for every variant of a regime,
 # and only the final student scored (the targets read round 2).
